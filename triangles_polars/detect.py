@@ -1,0 +1,133 @@
+"""Triangle detection of SPEC §4 as lazy Polars expressions.
+
+Input: the bars that passed hygiene, one symbol, in time order. "Position" is the row index in
+that sequence. A swing high at ``i`` needs ``high[i] > max(high[i-k..i-1])`` and
+``high[i] >= max(high[i+1..i+k])`` (mirror for lows); it is confirmed at the close of bar
+``i+k``. Every pivot with two pivots before it makes one event.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import polars as pl
+
+EVENT_SCHEMA: dict[str, pl.DataType] = {
+    "symbol": pl.String(),
+    "strength": pl.Int16(),
+    "confirmed_at": pl.Datetime("us", "UTC"),
+    "pattern": pl.String(),
+    "a_ts": pl.Datetime("us", "UTC"),
+    "b_ts": pl.Datetime("us", "UTC"),
+    "c_ts": pl.Datetime("us", "UTC"),
+    "a_kind": pl.String(),
+    "b_kind": pl.String(),
+    "c_kind": pl.String(),
+    "a_price": pl.Float64(),
+    "b_price": pl.Float64(),
+    "c_price": pl.Float64(),
+    "leg_ab": pl.Float64(),
+    "leg_bc": pl.Float64(),
+    "bars_ab": pl.Int32(),
+    "bars_bc": pl.Int32(),
+}
+EVENT_COLUMNS = tuple(EVENT_SCHEMA)
+
+
+def _window_max_before(col: str, k: int) -> pl.Expr:
+    """max(col[i-k .. i-1]); null unless all k bars exist."""
+    return pl.col(col).shift(1).rolling_max(window_size=k)
+
+
+def _window_max_after(col: str, k: int) -> pl.Expr:
+    """max(col[i+1 .. i+k]); null unless all k bars exist (no look past the loaded bars)."""
+    return pl.col(col).rolling_max(window_size=k).shift(-k)
+
+
+def _window_min_before(col: str, k: int) -> pl.Expr:
+    return pl.col(col).shift(1).rolling_min(window_size=k)
+
+
+def _window_min_after(col: str, k: int) -> pl.Expr:
+    return pl.col(col).rolling_min(window_size=k).shift(-k)
+
+
+def find_pivots(good_bars: pl.LazyFrame, strength: int, bar_interval: timedelta) -> pl.LazyFrame:
+    """Swing pivots in sequence order: ``pos, ts, kind, price, order_in_bar, confirmed_at``.
+
+    A bar that is both a swing high and a swing low yields two pivots: low first when
+    ``close >= open``, else high first.
+    """
+    k = strength
+    marked = good_bars.with_row_index("pos").with_columns(
+        ((pl.col("high") > _window_max_before("high", k)) & (pl.col("high") >= _window_max_after("high", k)))
+        .fill_null(False)
+        .alias("is_swing_high"),
+        ((pl.col("low") < _window_min_before("low", k)) & (pl.col("low") <= _window_min_after("low", k)))
+        .fill_null(False)
+        .alias("is_swing_low"),
+        (pl.col("ts").shift(-k) + bar_interval).alias("confirmed_at"),
+    )
+    both = pl.col("is_swing_high") & pl.col("is_swing_low")
+    up_bar = pl.col("close") >= pl.col("open")
+    common = [pl.col("pos").cast(pl.Int64), pl.col("ts"), pl.col("confirmed_at")]
+    highs = marked.filter("is_swing_high").select(
+        *common,
+        pl.lit("H").alias("kind"),
+        pl.col("high").alias("price"),
+        (both & up_bar).cast(pl.Int8).alias("order_in_bar"),
+    )
+    lows = marked.filter("is_swing_low").select(
+        *common,
+        pl.lit("L").alias("kind"),
+        pl.col("low").alias("price"),
+        (both & ~up_bar).cast(pl.Int8).alias("order_in_bar"),
+    )
+    return pl.concat([highs, lows]).sort("pos", "order_in_bar")
+
+
+def triangles_from_pivots(pivots: pl.LazyFrame, symbol: str, strength: int) -> pl.LazyFrame:
+    """Every pivot C with two pivots A, B before it in the sequence → one event (EVENT_SCHEMA)."""
+    prev = {
+        f"{name}_{field}": pl.col(field).shift(lag)
+        for name, lag in (("a", 2), ("b", 1))
+        for field in ("pos", "ts", "kind", "price")
+    }
+    return (
+        pivots.with_columns(**prev)
+        .filter(pl.col("a_pos").is_not_null())
+        .select(
+            pl.lit(symbol, pl.String).alias("symbol"),
+            pl.lit(strength, pl.Int16).alias("strength"),
+            pl.col("confirmed_at"),
+            pl.concat_str("a_kind", "b_kind", "kind").alias("pattern"),
+            pl.col("a_ts"),
+            pl.col("b_ts"),
+            pl.col("ts").alias("c_ts"),
+            pl.col("a_kind"),
+            pl.col("b_kind"),
+            pl.col("kind").alias("c_kind"),
+            pl.col("a_price"),
+            pl.col("b_price"),
+            pl.col("price").alias("c_price"),
+            (pl.col("b_price") - pl.col("a_price")).alias("leg_ab"),
+            (pl.col("price") - pl.col("b_price")).alias("leg_bc"),
+            (pl.col("b_pos") - pl.col("a_pos")).cast(pl.Int32).alias("bars_ab"),
+            (pl.col("pos") - pl.col("b_pos")).cast(pl.Int32).alias("bars_bc"),
+        )
+    )
+
+
+def confirmed_between(events: pl.LazyFrame, start: datetime, end: datetime) -> pl.LazyFrame:
+    """Events with ``start <= confirmed_at < end`` (each event belongs to exactly one span)."""
+    return events.filter(
+        (pl.col("confirmed_at") >= pl.lit(start, pl.Datetime("us", "UTC")))
+        & (pl.col("confirmed_at") < pl.lit(end, pl.Datetime("us", "UTC")))
+    )
+
+
+def detect_events(
+    good_bars: pl.LazyFrame, symbol: str, strength: int, bar_interval: timedelta
+) -> pl.LazyFrame:
+    """Good bars → all triangle events they determine, in sequence order."""
+    return triangles_from_pivots(find_pivots(good_bars, strength, bar_interval), symbol, strength)

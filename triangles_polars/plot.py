@@ -1,0 +1,424 @@
+"""Chart rendering: candlesticks of a bar window with swing pivots and triangle events.
+
+``render_chart`` draws one PNG (or any format matplotlib can write, chosen by the file
+suffix) of a window of bars, typically one trading session:
+
+* candlesticks (green up, red down, thin wicks), plotted against the bar index so that
+  missing minutes leave no gaps; the x tick labels show the bar open time in UTC;
+* every distinct A/B/C pivot of the events that lies in the window: a small downward
+  marker above the high for a swing high (``H``), an upward marker below the low for a
+  swing low (``L``);
+* every event whose three pivots lie in the window, as a translucent filled triangle
+  (A, B, C at the pivot's bar index and price), coloured by the kind of C.
+
+matplotlib is an optional extra (``pip install 'triangles-polars[plot]'``); it is
+imported inside ``render_chart`` only, so this module imports without it. Rendering
+uses the Agg canvas directly (no pyplot, no global backend switch, no display).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from matplotlib.axes import Axes
+
+__all__ = ["pivots_from_events", "render_chart"]
+
+_MISSING_MPL = "plotting needs the 'plot' extra: pip install 'triangles-polars[plot]'"
+
+_TS = pl.Datetime("us", "UTC")
+_PIVOT_SCHEMA: dict[str, pl.DataType] = {
+    "ts": _TS,
+    "kind": pl.String(),
+    "price": pl.Float64(),
+}
+
+# Colours: candles in the usual green/red, triangles and pivots in blue/orange so that
+# they never read as candles.
+_UP = "#26a69a"
+_DOWN = "#ef5350"
+_TRI_C_HIGH = "#1f5fbf"  # C is a swing high
+_TRI_C_LOW = "#e07b00"  # C is a swing low
+_PIVOT_HIGH = "#0d3b8c"
+_PIVOT_LOW = "#9c4a00"
+
+
+def _utc_us(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Cast a datetime column to ``Datetime("us", "UTC")``; naive values count as UTC."""
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
+        expr = expr.dt.replace_time_zone("UTC")
+    elif isinstance(dtype, pl.Datetime):
+        expr = expr.dt.convert_time_zone("UTC")
+    return expr.cast(_TS)
+
+
+def pivots_from_events(events: pl.DataFrame) -> pl.DataFrame:
+    """Distinct pivots (``ts``, ``kind``, ``price``) referenced as A, B or C by events.
+
+    Sorted by ``ts`` then ``kind``. A bar that is both a swing high and a swing low
+    gives two rows. An empty (or column-less) frame gives an empty result.
+    """
+    needed = [f"{p}_{c}" for p in "abc" for c in ("ts", "kind", "price")]
+    if events.height == 0 or any(c not in events.columns for c in needed):
+        if events.height == 0:
+            return pl.DataFrame(schema=_PIVOT_SCHEMA)
+        missing = [c for c in needed if c not in events.columns]
+        raise ValueError(f"events frame lacks column(s): {', '.join(missing)}")
+    parts = [
+        events.select(
+            _utc_us(pl.col(f"{p}_ts"), events.schema[f"{p}_ts"]).alias("ts"),
+            pl.col(f"{p}_kind").cast(pl.String).alias("kind"),
+            pl.col(f"{p}_price").cast(pl.Float64).alias("price"),
+        )
+        for p in "abc"
+    ]
+    return pl.concat(parts).unique(maintain_order=False).sort("ts", "kind")
+
+
+def _bar_index(bars: pl.DataFrame) -> pl.DataFrame:
+    """``ts`` (UTC, us) -> bar index ``x`` within the window."""
+    return bars.select(_utc_us(pl.col("ts"), bars.schema["ts"]).alias("ts")).with_row_index("x")
+
+
+def _events_for_bars(bars: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """Events restricted to the symbol(s) of the bars (when both carry a symbol)."""
+    if bars.height and events.height and "symbol" in events.columns and "symbol" in bars.columns:
+        symbols = bars.get_column("symbol").unique()
+        events = events.filter(pl.col("symbol").is_in(symbols.to_list()))
+    return events
+
+
+def _window_pivots(bars: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """Distinct pivots of the events that lie in the window, with bar index ``x``."""
+    return pivots_from_events(events).join(_bar_index(bars), on="ts", how="inner")
+
+
+def _window_triangles(bars: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """Events whose A, B and C all lie in the window, with ``a_x``, ``b_x``, ``c_x``.
+
+    Columns: ``a_x, a_price, b_x, b_price, c_x, c_price, c_kind``, ordered by ``c_x``.
+    """
+    schema = {
+        **{f"{p}_{c}": t for p in "abc" for c, t in (("x", pl.UInt32()), ("price", pl.Float64()))},
+        "c_kind": pl.String(),
+    }
+    if events.height == 0 or bars.height == 0:
+        return pl.DataFrame(schema=schema)
+    index = _bar_index(bars)
+    out = events.select(
+        *(_utc_us(pl.col(f"{p}_ts"), events.schema[f"{p}_ts"]).alias(f"{p}_ts") for p in "abc"),
+        *(pl.col(f"{p}_price").cast(pl.Float64) for p in "abc"),
+        pl.col("c_kind").cast(pl.String),
+    )
+    for p in "abc":
+        out = out.join(index.rename({"ts": f"{p}_ts", "x": f"{p}_x"}), on=f"{p}_ts", how="inner")
+    return out.select(list(schema)).sort("c_x", "a_x", "b_x")
+
+
+_TICK_STEPS = (
+    "1m", "2m", "5m", "10m", "15m", "30m", "1h", "2h", "3h", "4h", "6h", "12h",
+    "1d", "2d", "7d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y",
+)  # fmt: skip
+_MAX_TICKS = 14
+
+
+def _time_ticks(bars: pl.DataFrame) -> tuple[list[int], list[str]]:
+    """X tick positions (bar indices) at round UTC times, and their labels.
+
+    The step is the smallest of ``_TICK_STEPS`` giving at most ``_MAX_TICKS`` ticks; a
+    tick sits on the first bar of each step (its own open time is shown, so a gap
+    never mislabels a tick). Intraday steps show ``HH:MM`` with the date added on the
+    first tick and wherever the day changes.
+    """
+    ts = _utc_us(pl.col("ts"), bars.schema["ts"])
+    counts = bars.select(ts.dt.truncate(step).n_unique().alias(step) for step in _TICK_STEPS).row(0)
+    step = next(
+        (st for st, n in zip(_TICK_STEPS, counts, strict=True) if n <= _MAX_TICKS),
+        _TICK_STEPS[-1],
+    )
+    bucket = ts.dt.truncate(step)
+    ticks = (
+        bars.select(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("x"),
+            ts.alias("ts"),
+            (bucket != bucket.shift()).fill_null(ts == bucket).alias("tick"),
+        )
+        .filter(pl.col("tick"))
+        .with_columns(day=pl.col("ts").dt.date())
+    )
+    if ticks.height == 0:  # the first bar is off-grid and the window is short
+        ticks = bars.head(1).select(pl.lit(0, pl.Int64).alias("x"), ts.alias("ts"), ts.dt.date().alias("day"))
+    intraday = step.endswith(("m", "h")) and not step.endswith("mo")
+    if intraday:
+        new_day = pl.col("day") != pl.col("day").shift()
+        label = pl.when(new_day.fill_null(True)).then(pl.col("ts").dt.strftime("%H:%M\n%Y-%m-%d"))
+        label = label.otherwise(pl.col("ts").dt.strftime("%H:%M"))
+    else:
+        label = pl.col("ts").dt.strftime("%Y-%m-%d")
+    ticks = ticks.select("x", label.alias("label"))
+    return ticks.get_column("x").to_list(), ticks.get_column("label").to_list()
+
+
+def _default_title(
+    bars: pl.DataFrame, events: pl.DataFrame, n_triangles: int, bar_interval: timedelta
+) -> str:
+    """``SYMBOL · first open – last close UTC · k=… · N triangles``."""
+    parts: list[str] = []
+    for frame in (bars, events):
+        if "symbol" in frame.columns and frame.height:
+            parts.append(", ".join(sorted(frame.get_column("symbol").unique().to_list())))
+            break
+    if bars.height == 0:
+        parts.append("no bars")
+    else:
+        ts = bars.select(_utc_us(pl.col("ts"), bars.schema["ts"])).to_series()
+        start, end = ts.min(), ts.max() + bar_interval  # type: ignore[operator]
+        if bar_interval >= timedelta(days=1):
+            end = end - timedelta(days=1)  # type: ignore[operator]
+            parts.append(f"{start:%Y-%m-%d} – {end:%Y-%m-%d}")
+        else:
+            same_day = start.date() == end.date()  # type: ignore[union-attr]
+            end_fmt = "%H:%M" if same_day else "%Y-%m-%d %H:%M"
+            parts.append(f"{start:%Y-%m-%d %H:%M} – {end:{end_fmt}} UTC")
+    if events.height and "strength" in events.columns:
+        ks = sorted(events.get_column("strength").unique().to_list())
+        parts.append("k=" + ",".join(str(k) for k in ks))
+    parts.append(f"{n_triangles} triangle{'s' if n_triangles != 1 else ''}")
+    return "  ·  ".join(parts)
+
+
+def _triangle_alpha(n: int) -> float:
+    """Face alpha: clear for a handful of triangles, faint for hundreds.
+
+    Consecutive triangles share two pivots, so any spot is covered by only a few of
+    them; the alpha mainly keeps hundreds of small triangles from turning into a
+    solid band over the price path.
+    """
+    if n <= 0:
+        return 0.2
+    return float(min(0.2, max(0.08, 0.2 * (30 / n) ** 0.4)))
+
+
+def _draw_candles(ax: Axes, bars: pl.DataFrame, np: Any) -> None:
+    """Candles as two collections: wicks (LineCollection) and bodies (PolyCollection)."""
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    o, h, low, c = (bars.get_column(n).cast(pl.Float64).to_numpy() for n in ("open", "high", "low", "close"))
+    x = np.arange(bars.height, dtype=float)
+    up = c >= o
+    colours = np.where(up, _UP, _DOWN)
+
+    wicks = np.stack([np.column_stack([x, low]), np.column_stack([x, h])], axis=1)
+    ax.add_collection(LineCollection(wicks, colors=colours, linewidths=0.7, zorder=2, label="_wicks"))
+
+    w = 0.35 if bars.height > 600 else 0.4
+    lo, hi = np.minimum(o, c), np.maximum(o, c)
+    bodies = np.stack(
+        [
+            np.column_stack([x - w, lo]),
+            np.column_stack([x + w, lo]),
+            np.column_stack([x + w, hi]),
+            np.column_stack([x - w, hi]),
+        ],
+        axis=1,
+    )
+    # The edge in the body colour keeps doji (open == close) visible as a dash.
+    ax.add_collection(
+        PolyCollection(
+            bodies,
+            facecolors=colours,
+            edgecolors=colours,
+            linewidths=0.4,
+            zorder=3,
+            label="_bodies",
+        )
+    )
+
+
+def render_chart(
+    bars: pl.DataFrame,
+    events: pl.DataFrame,
+    out: str | Path,
+    *,
+    title: str | None = None,
+    bar_interval: timedelta = timedelta(minutes=1),
+) -> Path:
+    """Render candlesticks, swing pivots and triangle events of a bar window to ``out``.
+
+    ``bars``: ``symbol, ts, open, high, low, close[, volume]`` sorted by ``ts`` (bar open
+    time). ``events``: the event table of SPEC §4. Pivots are placed by matching their
+    timestamps to bar timestamps exactly; triangles with any pivot outside the window
+    are not drawn. Either frame may be empty. ``bar_interval`` sets the span shown in
+    the default title (the last bar's close time). Returns the written path.
+    """
+    try:
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.collections import PolyCollection
+        from matplotlib.colors import to_rgba
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(_MISSING_MPL) from exc
+
+    out = Path(out)
+    if bars.height:
+        missing = [c for c in ("ts", "open", "high", "low", "close") if c not in bars.columns]
+        if missing:
+            raise ValueError(f"bars frame lacks column(s): {', '.join(missing)}")
+    events = _events_for_bars(bars, events)
+    triangles = _window_triangles(bars, events)
+    pivots = _window_pivots(bars, events) if bars.height else pl.DataFrame(schema=_PIVOT_SCHEMA)
+
+    fig = Figure(figsize=(16, 8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_facecolor("#fbfbfb")
+    ax.grid(True, color="#e3e3e3", linewidth=0.6, zorder=0)
+    ax.set_axisbelow(True)
+
+    legend: list[Any] = []
+    if bars.height:
+        _draw_candles(ax, bars, np)
+        legend += [
+            Patch(facecolor=_UP, edgecolor=_UP, label="up bar"),
+            Patch(facecolor=_DOWN, edgecolor=_DOWN, label="down bar"),
+        ]
+        lo = bars.get_column("low").min()
+        hi = bars.get_column("high").max()
+        span = float(hi - lo) if hi != lo else max(abs(float(hi)) * 1e-3, 1.0)  # type: ignore[operator,arg-type]
+        pad = 0.012 * span  # marker offset from the high / low
+        ax.set_xlim(-1.0, bars.height)
+        ax.set_ylim(float(lo) - 4 * pad, float(hi) + 4 * pad)  # type: ignore[arg-type]
+
+        tick_x, tick_labels = _time_ticks(bars)
+        ax.set_xticks(tick_x, tick_labels)
+
+        if triangles.height:
+            n = triangles.height
+            verts = np.stack(
+                [triangles.select(f"{p}_x", f"{p}_price").cast(pl.Float64).to_numpy() for p in "abc"],
+                axis=1,
+            )
+            c_high = triangles.get_column("c_kind").to_numpy() == "H"
+            face_alpha = _triangle_alpha(n)
+            edge_alpha = min(0.7, face_alpha * 3.0)
+
+            def _rgba(alpha: float) -> Any:
+                high = np.array(to_rgba(_TRI_C_HIGH, alpha))
+                low = np.array(to_rgba(_TRI_C_LOW, alpha))
+                return np.where(c_high[:, None], high, low)
+
+            # Fills behind the candles (they never hide a bar), thin outlines above them
+            # (so small triangles stay visible in a dense session without covering it).
+            ax.add_collection(
+                PolyCollection(verts, facecolors=_rgba(face_alpha), edgecolors="none", zorder=1.5)
+            )
+            ax.add_collection(
+                PolyCollection(
+                    verts,
+                    facecolors="none",
+                    edgecolors=_rgba(edge_alpha),
+                    linewidths=0.5 if n > 50 else 0.8,
+                    zorder=3.5,
+                )
+            )
+            if c_high.any():
+                legend.append(
+                    Patch(
+                        facecolor=to_rgba(_TRI_C_HIGH, 0.35),
+                        edgecolor=_TRI_C_HIGH,
+                        label=f"triangle, C = swing high ({int(c_high.sum())})",
+                    )
+                )
+            if (~c_high).any():
+                legend.append(
+                    Patch(
+                        facecolor=to_rgba(_TRI_C_LOW, 0.35),
+                        edgecolor=_TRI_C_LOW,
+                        label=f"triangle, C = swing low ({int((~c_high).sum())})",
+                    )
+                )
+
+        if pivots.height:
+            marker_size = 22 if bars.height > 600 else 30
+            for kind, marker, colour, sign, label in (
+                ("H", "v", _PIVOT_HIGH, 1.0, "swing high (H)"),
+                ("L", "^", _PIVOT_LOW, -1.0, "swing low (L)"),
+            ):
+                sel = pivots.filter(pl.col("kind") == kind)
+                if sel.height == 0:
+                    continue
+                ax.scatter(
+                    sel.get_column("x").cast(pl.Float64).to_numpy(),
+                    sel.get_column("price").to_numpy() + sign * pad,
+                    marker=marker,
+                    s=marker_size,
+                    color=colour,
+                    edgecolors="white",
+                    linewidths=0.4,
+                    zorder=4,
+                )
+                legend.append(
+                    Line2D(
+                        [],
+                        [],
+                        linestyle="none",
+                        marker=marker,
+                        color=colour,
+                        markersize=6,
+                        label=f"{label} ({sel.height})",
+                    )
+                )
+
+    note = None
+    if bars.height == 0:
+        note = "no bars in this window"
+        ax.set_xticks([])
+        ax.set_yticks([])
+    elif events.height == 0:
+        note = "no triangle events"
+    elif triangles.height == 0:
+        note = f"none of {events.height} event(s) lies fully in this window"
+    if note is not None:
+        ax.text(
+            0.5,
+            0.5 if bars.height == 0 else 0.97,
+            note,
+            transform=ax.transAxes,
+            ha="center",
+            va="center" if bars.height == 0 else "top",
+            fontsize=12 if bars.height == 0 else 10,
+            color="#555555",
+            bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.85},
+            zorder=5,
+        )
+
+    if title is None:
+        title = _default_title(bars, events, triangles.height, bar_interval)
+    ax.set_title(title, fontsize=13, pad=26 if legend else 6)
+    ax.set_xlabel("bar open time (UTC)")
+    ax.set_ylabel("price")
+    if legend:
+        # One row between the title and the plot: never covers a candle.
+        ax.legend(
+            handles=legend,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            ncol=len(legend),
+            fontsize=9,
+            frameon=False,
+            handlelength=1.6,
+            columnspacing=1.6,
+        )
+    fig.tight_layout()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

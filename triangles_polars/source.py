@@ -1,0 +1,147 @@
+"""Source stage: the bars of one symbol from PostgreSQL into Polars, through connectorx.
+
+The bars table is checked first (exists, has the columns, sensible types) so that a wrong table
+gives one clear line instead of a driver error. The read has no ``ORDER BY``: sorting in
+Polars is cheaper than on the server, and duplicate timestamps are reported, not dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import polars as pl
+
+from triangles_polars.db import (
+    RetryPolicy,
+    fetch_all,
+    qualified,
+    quote_ident,
+    quote_literal,
+    table_columns,
+    with_retries,
+)
+from triangles_polars.errors import BadInput
+from triangles_polars.settings import BackfillSettings
+
+_NUMERIC_TYPES = ("double precision", "real", "numeric", "integer", "bigint", "smallint", "decimal")
+_TS_TYPES = ("timestamp with time zone", "timestamp without time zone")
+BAR_SCHEMA = {
+    "ts": pl.Datetime("us", "UTC"),
+    "open": pl.Float64,
+    "high": pl.Float64,
+    "low": pl.Float64,
+    "close": pl.Float64,
+}
+
+
+def check_bars_table(cur: object, settings: BackfillSettings) -> str:
+    """Validate the bars table's columns; return the ts column's type."""
+    schema, table = settings.bars_table_parts
+    columns = table_columns(cur, schema, table)
+    if columns is None:
+        raise BadInput(f"bars table {settings.bars_table!r} does not exist")
+    wanted = settings.column_map
+    missing = [
+        f"{actual}" for logical, actual in wanted.items() if logical != "volume" and actual not in columns
+    ]
+    if missing:
+        raise BadInput(
+            f"bars table {settings.bars_table!r} lacks column(s) {', '.join(missing)} "
+            f"(has {', '.join(columns) or 'no columns'}); map names with --columns"
+        )
+    ts_type = columns[wanted["ts"]]
+    if not ts_type.startswith(_TS_TYPES):
+        raise BadInput(f"bars column {wanted['ts']!r} has type {ts_type}; expected timestamptz or timestamp")
+    for logical in ("open", "high", "low", "close"):
+        dtype = columns[wanted[logical]]
+        if not dtype.startswith(_NUMERIC_TYPES):
+            raise BadInput(
+                f"bars column {wanted[logical]!r} has type {dtype}; expected double precision or numeric"
+            )
+    if not columns[wanted["symbol"]].startswith(("text", "character")):
+        raise BadInput(
+            f"bars column {wanted['symbol']!r} has type {columns[wanted['symbol']]}; expected text"
+        )
+    return ts_type
+
+
+def _ts_literal(value: datetime, ts_type: str) -> str:
+    if ts_type.startswith("timestamp with time zone"):
+        return f"'{value.isoformat()}'::timestamptz"
+    # A naive column is taken to hold UTC.
+    return f"'{value.replace(tzinfo=None).isoformat()}'::timestamp"
+
+
+def bars_query(settings: BackfillSettings, ts_type: str, lo: datetime, hi: datetime) -> str:
+    """SQL for the bars with open time in ``[lo, hi)`` (stored ts shifted for the close convention)."""
+    col = settings.column_map
+    shift = settings.interval if settings.ts_convention == "close" else None
+    stored_lo, stored_hi = (lo + shift, hi + shift) if shift else (lo, hi)
+    schema, table = settings.bars_table_parts
+    prices = ", ".join(f"{quote_ident(col[c])}::float8 AS {c}" for c in ("open", "high", "low", "close"))
+    return (
+        f"SELECT {quote_ident(col['ts'])} AS ts, {prices} FROM {qualified(schema, table)} "
+        f"WHERE {quote_ident(col['symbol'])} = {quote_literal(settings.symbol)} "
+        f"AND {quote_ident(col['ts'])} >= {_ts_literal(stored_lo, ts_type)} "
+        f"AND {quote_ident(col['ts'])} < {_ts_literal(stored_hi, ts_type)}"
+    )
+
+
+def normalise_bars(raw: pl.DataFrame, settings: BackfillSettings) -> pl.DataFrame:
+    """UTC open times, float prices, sorted; duplicate timestamps are a clear error."""
+    if raw.height == 0:
+        return pl.DataFrame(schema=BAR_SCHEMA)
+    ts = pl.col("ts")
+    dtype = raw.schema["ts"]
+    ts_utc = (
+        ts.dt.replace_time_zone("UTC")
+        if getattr(dtype, "time_zone", None) is None
+        else ts.dt.convert_time_zone("UTC")
+    )
+    if settings.ts_convention == "close":
+        ts_utc = ts_utc - settings.interval
+    bars = raw.with_columns(ts_utc.dt.cast_time_unit("us").alias("ts")).cast(BAR_SCHEMA).sort("ts")
+    duplicated = bars.filter(pl.col("ts").is_duplicated())
+    if duplicated.height:
+        first = duplicated["ts"][0]
+        raise BadInput(
+            f"bars of {settings.symbol!r} have {duplicated['ts'].n_unique()} duplicate timestamp(s), "
+            f"first at {first.isoformat()}; fix the bars table (primary key (symbol, ts))"
+        )
+    return bars
+
+
+def read_bars(
+    url: str,
+    settings: BackfillSettings,
+    ts_type: str,
+    lo: datetime,
+    hi: datetime,
+    policy: RetryPolicy,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> pl.DataFrame:
+    """Bars of the symbol with open time in ``[lo, hi)``, read with retries, normalised."""
+    import connectorx as cx
+
+    query = bars_query(settings, ts_type, lo, hi)
+    raw = with_retries(
+        lambda: cx.read_sql(url, query, return_type="polars"),
+        "reading bars",
+        policy,
+        url,
+        on_retry,
+    )
+    return normalise_bars(raw, settings)
+
+
+def count_symbol_bars(cur: object, settings: BackfillSettings) -> int:
+    """Whether the symbol has any bars at all (for a clearer 'no bars' message)."""
+    schema, table = settings.bars_table_parts
+    rows = fetch_all(
+        cur,
+        f"SELECT count(*) FROM (SELECT 1 FROM {qualified(schema, table)} "
+        f"WHERE {quote_ident(settings.column_map['symbol'])} = $1 LIMIT 1) s",
+        (settings.symbol,),
+    )
+    return int(rows[0][0])
