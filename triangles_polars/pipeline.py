@@ -243,7 +243,14 @@ def backfill(
         from triangles_polars.export import export_events
 
         tick = time.perf_counter()
-        export_events(result.events, settings.export_dir)
+        export_events(
+            result.events,
+            settings.export_dir,
+            symbol=settings.symbol,
+            strength=settings.strength,
+            range_start=settings.range_start,
+            range_end=settings.range_end,
+        )
         summary.export = str(settings.export_dir)
         summary.stage_seconds["export"] = time.perf_counter() - tick
     summary.duration_s = round(time.perf_counter() - started, 3)

@@ -422,3 +422,62 @@ def render_chart(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def plot_window(
+    symbol: str,
+    start: str,
+    end: str,
+    out: str | Path,
+    *,
+    strength: int = 5,
+    database_url: str | None = None,
+    bars_table: str = "bars_1m",
+    events_table: str = "triangle_events",
+) -> Path:
+    """Read a window of bars and its events from PostgreSQL and render them with :func:`render_chart`."""
+    from triangles_polars.db import (
+        RetryPolicy,
+        close_quietly,
+        connect_checked,
+        qualified,
+        resolve_database_url,
+    )
+    from triangles_polars.settings import BackfillSettings
+    from triangles_polars.source import check_bars_table, read_bars
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from triangles_polars.errors import BadInput
+
+        raise BadInput(_MISSING_MPL) from None
+    settings = BackfillSettings(
+        symbol=symbol,
+        start=start,
+        end=end,
+        strength=strength,
+        bars_table=bars_table,
+        events_table=events_table,
+    )
+    url, _ = resolve_database_url(database_url)
+    policy = RetryPolicy()
+    conn = connect_checked(url, policy)
+    try:
+        with conn.cursor() as cur:
+            ts_type = check_bars_table(cur, settings)
+            schema, table = settings.events_table_parts
+            cur.execute("SELECT to_regclass($1) IS NOT NULL", parameters=(qualified(schema, table),))
+            events = pl.DataFrame()
+            if cur.fetchone()[0]:
+                cur.execute(
+                    f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
+                    "AND a_ts >= $3 AND confirmed_at < $4",
+                    parameters=(symbol, strength, settings.range_start, settings.range_end),
+                )
+                events = pl.from_arrow(cur.fetch_arrow_table())
+    finally:
+        close_quietly(conn)
+    bars = read_bars(url, settings, ts_type, settings.range_start, settings.range_end, policy)
+    bars = bars.with_columns(pl.lit(symbol).alias("symbol"))
+    return render_chart(bars, events, out, bar_interval=settings.interval)

@@ -1,0 +1,114 @@
+"""Terminal output of a run: a rich progress bar on stderr and the human summary on stdout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from triangles_polars.pipeline import Progress, RunSummary
+
+
+class BarProgress(Progress):
+    """A progress bar for the read, detect and write stages (a no-op when ``enabled`` is False)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.retries = 0
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> BarProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
+
+            self._bar = RichProgress(
+                SpinnerColumn(),
+                TextColumn("{task.description:<16}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        if self._bar is None:
+            return
+        if self._task is not None:
+            self._bar.update(self._task, completed=self._bar.tasks[-1].total or 0)
+        labels = {"read": "reading bars", "detect": "hygiene + detect", "write": "writing events"}
+        self._task = self._bar.add_task(labels.get(name, name), total=total, info="")
+
+    def advance(self, done: int, **info: Any) -> None:
+        if self._bar is None or self._task is None:
+            return
+        task = self._bar.tasks[-1]
+        parts = []
+        if "bars" in info:
+            parts.append(f"{info['bars']:,} bars")
+            self._bar.update(self._task, total=done)
+        if "chunk" in info:
+            parts.append(f"chunk {info['chunk']}/{info['chunks']}")
+        if self.retries:
+            parts.append(f"retries {self.retries}")
+        elapsed = task.elapsed or 0
+        if elapsed > 0 and "chunk" in info:
+            parts.append(f"{done / elapsed:,.0f} ev/s")
+        self._bar.update(self._task, completed=done, info="  ".join(parts))
+
+    def retry(self, error: BaseException) -> None:
+        self.retries += 1
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, info=f"retrying after a connection error ({self.retries})")
+
+
+def print_summary(summary: RunSummary) -> None:
+    """The human summary, in the field report's shape."""
+    from rich.console import Console
+
+    out = Console(highlight=False, soft_wrap=True)
+    bad = summary.bad_bars_by_rule
+    by_code = ", ".join(f"{code} {n:,}" for code, n in bad.items()) if bad else "none"
+    rows = [
+        ("Symbol", f"{summary.symbol}  (strength {summary.strength}, hygiene {summary.hygiene})"),
+        ("Range", f"{summary.start} → {summary.end_exclusive} (exclusive), bars from {summary.anchor}"),
+        ("Bars processed", f"{summary.bars_processed:,}"),
+        ("Bad bars skipped", f"{summary.bad_bars_skipped:,}  ({by_code})"),
+        ("Triangles", f"{summary.triangles:,}  → {summary.events_table} ({summary.mode})"),
+        (
+            "Chunks",
+            f"{summary.chunks:,}"
+            + (f"  ({summary.chunks_skipped} already committed, skipped)" if summary.chunks_skipped else ""),
+        ),
+        ("Commits", f"{summary.commits:,}"),
+        ("Retries", f"{summary.retries:,}"),
+        (
+            "Duration",
+            f"{summary.duration_s:.2f} s  "
+            + "  ".join(f"{k} {v:.2f}s" for k, v in summary.stage_seconds.items()),
+        ),
+        ("Database", summary.database),
+    ]
+    if summary.purged:
+        rows.insert(5, ("Purged first", f"{summary.purged:,}"))
+    if summary.export:
+        rows.append(("Parquet", summary.export))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.print(f"[green]✓[/] {key + ':':<{width + 1}} {value}", markup=True)
