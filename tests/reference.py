@@ -68,9 +68,7 @@ def _fails_rule_2(bar: dict, min_price: float) -> bool:
     return min(o, h, l, c) < min_price
 
 
-def reference_hygiene(
-    bars: list[dict], profile: str, thresholds: dict
-) -> list[list[str]]:
+def reference_hygiene(bars: list[dict], profile: str, thresholds: dict) -> list[list[str]]:
     """Reason codes per bar (empty list = good bar), codes in rule order.
 
     bars: one symbol, sorted by ts, dicts with ts, open, high, low, close.
@@ -116,10 +114,7 @@ def reference_hygiene(
                 o, h, l, c = bar["open"], bar["high"], bar["low"], bar["close"]
 
                 # Rule 3
-                if (
-                    max(abs(o - ref), abs(h - ref), abs(l - ref), abs(c - ref))
-                    > discontinuity
-                ):
+                if max(abs(o - ref), abs(h - ref), abs(l - ref), abs(c - ref)) > discontinuity:
                     codes.append(code_rule_3)
                 # Rule 4
                 if (h - l) <= small_range and abs(o - ref) > big_gap:
@@ -207,9 +202,7 @@ def reference_events(
     for i in range(1, len(bars)):
         prev, cur = bars[i - 1], bars[i]
         if not prev["ts"] < cur["ts"]:
-            raise ValueError(
-                f"bars not strictly increasing in ts: {prev['ts']} then {cur['ts']}"
-            )
+            raise ValueError(f"bars not strictly increasing in ts: {prev['ts']} then {cur['ts']}")
 
     codes = reference_hygiene(bars, profile, thresholds)
     good_bars = []

@@ -51,6 +51,15 @@ def normalise_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql"))
 
 
+def with_application_name(url: str, name: str) -> str:
+    """Tag connections (``application_name``) so operators can see, and tests can kill, each role."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    if any(k == "application_name" for k, _ in query):
+        return url
+    return urlunsplit(parts._replace(query=urlencode([*query, ("application_name", name)], safe="/")))
+
+
 def url_password(url: str) -> str | None:
     """The password in a URL (netloc or ``password=`` query parameter), if any."""
     try:

@@ -20,6 +20,7 @@ from triangles_polars.db import (
     connect_checked,
     mask_url,
     resolve_database_url,
+    with_application_name,
     with_retries,
 )
 from triangles_polars.detect import EVENT_SCHEMA, confirmed_between, detect_events
@@ -27,7 +28,7 @@ from triangles_polars.errors import BadInput
 from triangles_polars.hygiene import count_bad_bars, flag_bars
 from triangles_polars.settings import BackfillSettings, HygieneProfile, Thresholds
 from triangles_polars.sink import Chunk, EventWriter, plan_chunks
-from triangles_polars.source import check_bars_table, count_symbol_bars, read_bars
+from triangles_polars.source import READER_NAME, check_bars_table, count_symbol_bars, read_bars
 
 
 @dataclass
@@ -158,7 +159,7 @@ def backfill(
     # --- source
     progress.stage("read")
     tick = time.perf_counter()
-    conn = connect_checked(url, policy, count_read_retry)
+    conn = connect_checked(with_application_name(url, READER_NAME), policy, count_read_retry)
     try:
 
         def inspect() -> str:

@@ -25,8 +25,11 @@ from triangles_polars.db import (
     qualified,
     quote_ident,
     table_columns,
+    with_application_name,
     with_retries,
 )
+
+WRITER_NAME = "triangles_writer"
 from triangles_polars.detect import EVENT_COLUMNS
 from triangles_polars.errors import BadInput
 from triangles_polars.settings import BackfillSettings
@@ -215,7 +218,7 @@ class EventWriter:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = connect(self.url)
+            self._conn = connect(with_application_name(self.url, WRITER_NAME))
         return self._conn
 
     def _drop_connection(self) -> None:

@@ -19,8 +19,11 @@ from triangles_polars.db import (
     quote_ident,
     quote_literal,
     table_columns,
+    with_application_name,
     with_retries,
 )
+
+READER_NAME = "triangles_reader"
 from triangles_polars.errors import BadInput
 from triangles_polars.settings import BackfillSettings
 
@@ -125,8 +128,9 @@ def read_bars(
     import connectorx as cx
 
     query = bars_query(settings, ts_type, lo, hi)
+    reader_url = with_application_name(url, READER_NAME)
     raw = with_retries(
-        lambda: cx.read_sql(url, query, return_type="polars"),
+        lambda: cx.read_sql(reader_url, query, return_type="polars"),
         "reading bars",
         policy,
         url,
