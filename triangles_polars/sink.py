@@ -28,11 +28,11 @@ from triangles_polars.db import (
     with_application_name,
     with_retries,
 )
-
-WRITER_NAME = "triangles_writer"
 from triangles_polars.detect import EVENT_COLUMNS
 from triangles_polars.errors import BadInput
 from triangles_polars.settings import BackfillSettings
+
+WRITER_NAME = "triangles_writer"
 
 PROGRESS_TABLE = "triangles_progress"
 RUNS_TABLE = "triangles_runs"

@@ -22,10 +22,10 @@ from triangles_polars.db import (
     with_application_name,
     with_retries,
 )
-
-READER_NAME = "triangles_reader"
 from triangles_polars.errors import BadInput
 from triangles_polars.settings import BackfillSettings
+
+READER_NAME = "triangles_reader"
 
 _NUMERIC_TYPES = ("double precision", "real", "numeric", "integer", "bigint", "smallint", "decimal")
 _TS_TYPES = ("timestamp with time zone", "timestamp without time zone")
