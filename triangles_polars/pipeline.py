@@ -17,7 +17,7 @@ import polars as pl
 from triangles_polars.db import (
     RetryPolicy,
     close_quietly,
-    connect_checked,
+    connect,
     mask_url,
     resolve_database_url,
     with_application_name,
@@ -28,7 +28,7 @@ from triangles_polars.errors import BadInput
 from triangles_polars.hygiene import count_bad_bars, flag_bars
 from triangles_polars.settings import BackfillSettings, HygieneProfile, Thresholds
 from triangles_polars.sink import Chunk, EventWriter, plan_chunks
-from triangles_polars.source import READER_NAME, check_bars_table, count_symbol_bars, read_bars
+from triangles_polars.source import READER_NAME, check_bars_table, read_bars, symbol_has_bars
 
 
 @dataclass
@@ -159,20 +159,18 @@ def backfill(
     # --- source
     progress.stage("read")
     tick = time.perf_counter()
-    conn = connect_checked(with_application_name(url, READER_NAME), policy, count_read_retry)
-    try:
+    reader_url = with_application_name(url, READER_NAME)
 
-        def inspect() -> str:
+    def inspect() -> str:
+        # Catalog queries only: no lock on the bars table, so a writer elsewhere never blocks us here.
+        conn = connect(reader_url)
+        try:
             with conn.cursor() as cur:
-                ts_type = check_bars_table(cur, settings)
-                if count_symbol_bars(cur, settings) == 0:
-                    raise BadInput(f"no bars for symbol {settings.symbol!r} in {settings.bars_table!r}")
-                conn.rollback()
-                return ts_type
+                return check_bars_table(cur, settings)
+        finally:
+            close_quietly(conn)
 
-        ts_type = with_retries(inspect, "inspecting the bars table", policy, url, count_read_retry)
-    finally:
-        close_quietly(conn)
+    ts_type = with_retries(inspect, "inspecting the bars table", policy, url, count_read_retry)
     bars = read_bars(
         url,
         settings,
@@ -184,6 +182,8 @@ def backfill(
     )
     summary.stage_seconds["read"] = time.perf_counter() - tick
     if bars.height == 0:
+        if not with_retries(lambda: symbol_has_bars(reader_url, settings), "reading bars", policy, url):
+            raise BadInput(f"no bars for symbol {settings.symbol!r} in {settings.bars_table!r}")
         raise BadInput(
             f"no bars for {settings.symbol!r} between {settings.anchor_ts.isoformat()} "
             f"and {settings.range_end.isoformat()}: empty range"

@@ -14,6 +14,8 @@ import polars as pl
 
 from triangles_polars.db import (
     RetryPolicy,
+    close_quietly,
+    connect,
     fetch_all,
     qualified,
     quote_ident,
@@ -139,13 +141,18 @@ def read_bars(
     return normalise_bars(raw, settings)
 
 
-def count_symbol_bars(cur: object, settings: BackfillSettings) -> int:
+def symbol_has_bars(url: str, settings: BackfillSettings) -> bool:
     """Whether the symbol has any bars at all (for a clearer 'no bars' message)."""
     schema, table = settings.bars_table_parts
-    rows = fetch_all(
-        cur,
-        f"SELECT count(*) FROM (SELECT 1 FROM {qualified(schema, table)} "
-        f"WHERE {quote_ident(settings.column_map['symbol'])} = $1 LIMIT 1) s",
-        (settings.symbol,),
-    )
-    return int(rows[0][0])
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            rows = fetch_all(
+                cur,
+                f"SELECT EXISTS (SELECT 1 FROM {qualified(schema, table)} "
+                f"WHERE {quote_ident(settings.column_map['symbol'])} = $1)",
+                (settings.symbol,),
+            )
+        return bool(rows[0][0])
+    finally:
+        close_quietly(conn)
