@@ -99,12 +99,14 @@ class Db:
     def load(self, bars: pl.DataFrame) -> None:
         ingest_bars(self.url, bars, self.bars_table)
 
-    def events(self, where: str = "TRUE") -> pl.DataFrame:
+    def events(self, where: str = "TRUE", table: str | None = None) -> pl.DataFrame:
+        """Rows of the events table (or ``table`` of this schema), in key order."""
+        name = f"{self.schema}.{table}" if table else self.events_table
         conn = connect(self.url)
         try:
             with conn.cursor() as cur:
                 cur.execute(
-                    f"SELECT * FROM {self.events_table} WHERE {where} "
+                    f"SELECT * FROM {name} WHERE {where} "
                     "ORDER BY symbol, strength, confirmed_at, c_ts, c_kind"
                 )
                 return pl.from_arrow(cur.fetch_arrow_table())

@@ -7,6 +7,7 @@ high < low; both hygiene profiles; strengths 1–5; random reference windows and
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -106,9 +107,7 @@ def as_rows(frame: pl.DataFrame) -> list[dict]:
     return frame.to_dicts()
 
 
-PROPERTY_SETTINGS = settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+PROPERTY_SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY_SETTINGS
@@ -139,9 +138,7 @@ def test_events_match_reference(
     lo, hi = sorted(window)
     start = T0 + lo * 3 * INTERVAL
     end = T0 + (hi * 3 + 1) * INTERVAL
-    expected = reference_events(
-        bars, "SYM", strength, INTERVAL, profile, thresholds.__dict__, start, end
-    )
+    expected = reference_events(bars, "SYM", strength, INTERVAL, profile, thresholds.__dict__, start, end)
     result = compute_events(
         to_frame(bars),
         symbol="SYM",
@@ -200,7 +197,7 @@ def test_chunk_plan_tiles_the_range(confirmed: list[int], chunk_events: int) -> 
     )
     chunks = plan_chunks(events, start, end, chunk_events)
     assert chunks[0].span_start == start and chunks[-1].span_end == end
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert before.span_end == after.span_start
     assert sum(c.size for c in chunks) == events.height
     for chunk in chunks:

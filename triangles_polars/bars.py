@@ -129,6 +129,10 @@ def shape_bars(
         raise BadInput(
             f"{source}: a column has values of the wrong type: {str(exc).splitlines()[0]}"
         ) from None
+    if shaped["symbol"].null_count():
+        raise BadInput(
+            f"{source}: {shaped['symbol'].null_count()} row(s) without a symbol (or give --symbol)"
+        )
     dupes = shaped.filter(pl.struct("symbol", "ts").is_duplicated())
     if dupes.height:
         row = dupes.row(0, named=True)

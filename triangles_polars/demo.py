@@ -20,7 +20,9 @@ DEMO_SYMBOL = "SYNTH:NQ"
 DEMO_BARS_TABLE = "bars_1m"
 DEMO_FIRST_DAY = date(2024, 12, 1)
 DEMO_LAST_DAY = date(2025, 11, 30)
-DEMO_CHART_DAY = date(2025, 11, 25)  # a full Tuesday session
+DEMO_CHART_DAY = date(2025, 11, 25)  # a Tuesday
+# The US cash session (09:30-16:00 New York = 14:30-21:00 UTC in November): ~390 readable candles.
+DEMO_CHART_WINDOW = ("2025-11-25T14:30:00Z", "2025-11-25T21:00:00Z")
 
 
 def _has_bars(url: str, symbol: str, table: str) -> bool:
@@ -49,12 +51,15 @@ def run_demo(
     from triangles_polars.bars import ingest_bars
     from triangles_polars.synthetic import generate_bars
 
-    say = say or (lambda _msg: None)
+    quiet = say is None
     out_dir = Path(out_dir)
     url, source = resolve_database_url(database_url)
     seeded = 0
     if not _has_bars(url, DEMO_SYMBOL, DEMO_BARS_TABLE):
-        say(f"seeding a year of synthetic NQ bars ({DEMO_FIRST_DAY} → {DEMO_LAST_DAY}) as {DEMO_SYMBOL} …")
+        if not quiet:
+            say(
+                f"seeding a year of synthetic NQ bars ({DEMO_FIRST_DAY} → {DEMO_LAST_DAY}) as {DEMO_SYMBOL} …"
+            )
         bars = generate_bars(DEMO_FIRST_DAY, DEMO_LAST_DAY, symbol=DEMO_SYMBOL, seed=2025)
         seeded = ingest_bars(url, bars, DEMO_BARS_TABLE)
     settings = BackfillSettings(
@@ -74,15 +79,14 @@ def run_demo(
         chart = str(
             plot_window(
                 DEMO_SYMBOL,
-                DEMO_CHART_DAY.isoformat(),
-                DEMO_CHART_DAY.isoformat(),
+                *DEMO_CHART_WINDOW,
                 out_dir / f"chart_{DEMO_CHART_DAY}.png",
                 database_url=url,
             )
         )
     except Exception as exc:
         chart_note = str(exc).splitlines()[0]
-    if say is not None:
+    if not quiet:
         from triangles_polars.progress import print_summary
 
         print_summary(summary)

@@ -10,6 +10,7 @@ data directory (``~/.local/share/triangles-polars/pgdata`` on Linux).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import warnings
@@ -74,7 +75,9 @@ def stop_server(pgdata: Path | None = None) -> bool:
     if not (pgdata / "postmaster.pid").exists():
         return False
     module = _server_module()
-    module.PostgresServer._instances.pop(pgdata, None)
+    instance = module.PostgresServer._instances.pop(pgdata, None)
+    if instance is not None:  # forget the handle, so the next start_server really starts one
+        atexit.unregister(instance._cleanup)
     try:
         _pg_ctl(pgdata, ["-w", "-m", "fast", "stop"])
     except Exception:

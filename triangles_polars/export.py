@@ -11,6 +11,7 @@ import os
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import polars as pl
 
@@ -21,8 +22,8 @@ _EPSILON = timedelta(microseconds=1)
 
 
 def partition_dir(out_dir: Path, symbol: str, year: int) -> Path:
-    """``out_dir/symbol=…/year=…``."""
-    return out_dir / f"symbol={symbol}" / f"year={year}"
+    """``out_dir/symbol=…/year=…``; characters unsafe in a path segment are percent-encoded."""
+    return out_dir / f"symbol={quote(symbol, safe=' :.,-_+=@')}" / f"year={year}"
 
 
 def _read_partition(path: Path) -> pl.DataFrame:
@@ -75,11 +76,11 @@ def export_events(
         merged = pl.concat([existing.filter(~replaced), fresh]).sort(
             "strength", "confirmed_at", "c_ts", "c_kind"
         )
-        target.mkdir(parents=True, exist_ok=True)
         if merged.height == 0:
             for old in target.glob("*.parquet"):
                 old.unlink()
             continue
+        target.mkdir(parents=True, exist_ok=True)
         tmp = target / f".{uuid.uuid4().hex}.tmp"
         merged.write_parquet(tmp, compression="zstd", statistics=True)
         os.replace(tmp, target / PARTITION_FILE)
