@@ -206,3 +206,34 @@ def test_chunk_plan_tiles_the_range(confirmed: list[int], chunk_events: int) -> 
             assert times.min() >= chunk.span_start and times.max() < chunk.span_end
             # a chunk is only larger than asked when equal confirmed_at values forced it
             assert chunk.size <= chunk_events or times.n_unique() < chunk.size
+
+
+@PROPERTY_SETTINGS
+@given(
+    bars=bar_series(min_size=10, max_size=120),
+    profile=st.sampled_from(["basic", "full"]),
+    thresholds=thresholds_strategy,
+    strength=st.integers(1, 5),
+    cuts=st.lists(st.integers(0, 120), max_size=8),
+)
+def test_streaming_slices_equal_a_single_pass(
+    bars: list[dict], profile: str, thresholds: Thresholds, strength: int, cuts: list[int]
+) -> None:
+    """Any split of the bars into time slices gives the reference's events and counts."""
+    from triangles_polars.stream import StreamingDetector, merge_counts
+
+    start, end = T0, T0 + timedelta(days=2)
+    expected = reference_events(bars, "SYM", strength, INTERVAL, profile, thresholds.__dict__, start, end)
+    frame = to_frame(bars)
+    detector = StreamingDetector("SYM", strength, INTERVAL, profile, thresholds, start, end)  # type: ignore[arg-type]
+    bounds = [0, *sorted(c for c in cuts if c < frame.height), frame.height]
+    parts, bad, by_rule = [], 0, {}
+    for lo, hi in itertools.pairwise(bounds):
+        result = detector.push(frame.slice(lo, hi - lo))
+        parts.append(result.events)
+        bad += result.bad_bars
+        merge_counts(by_rule, result.bad_by_rule)
+    assert as_rows(pl.concat(parts)) == expected
+    codes = reference_hygiene(bars, profile, thresholds.__dict__)
+    assert bad == sum(1 for c in codes if c)
+    assert by_rule == {code: sum(code in c for c in codes) for c in codes for code in c}

@@ -56,10 +56,13 @@ def find_pivots(good_bars: pl.LazyFrame, strength: int, bar_interval: timedelta)
     """Swing pivots in sequence order: ``pos, ts, kind, price, order_in_bar, confirmed_at``.
 
     A bar that is both a swing high and a swing low yields two pivots: low first when
-    ``close >= open``, else high first.
+    ``close >= open``, else high first. ``pos`` is the row index, or the frame's own ``pos``
+    column when it has one (a slice of a longer sequence, see ``stream.py``).
     """
     k = strength
-    marked = good_bars.with_row_index("pos").with_columns(
+    if "pos" not in good_bars.collect_schema().names():
+        good_bars = good_bars.with_row_index("pos")
+    marked = good_bars.with_columns(
         ((pl.col("high") > _window_max_before("high", k)) & (pl.col("high") >= _window_max_after("high", k)))
         .fill_null(False)
         .alias("is_swing_high"),
