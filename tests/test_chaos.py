@@ -89,9 +89,9 @@ def test_random_kills_leave_the_table_identical_to_a_clean_run(db: Db, nq_bars: 
 def test_ctrl_c_mid_run_stops_cleanly_and_the_rerun_resumes(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(nq_bars)
     args = [
-        sys.executable, "-m", "triangles_polars.cli", "backfill", NQ, "2025-11-03", "2025-11-21",
+        sys.executable, "-m", "triangles_polars.cli", "backfill", NQ, "2025-10-27", "2025-11-28",
         "--database-url", db.url, "--bars-table", db.bars_table, "--events-table", db.events_table,
-        "--chunk-events", "3", "--json",
+        "--chunk-events", "2", "--json",
     ]  # fmt: skip
     progress = f"{db.schema}.triangles_progress"
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -105,6 +105,7 @@ def test_ctrl_c_mid_run_stops_cleanly_and_the_rerun_resumes(db: Db, nq_bars: pl.
         if committed >= 5:
             break
         time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (proc.returncode, err)
@@ -122,5 +123,5 @@ def test_ctrl_c_mid_run_stops_cleanly_and_the_rerun_resumes(db: Db, nq_bars: pl.
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
     assert summary["chunks_skipped"] == len(done)
-    backfill(db.settings(start="2025-11-03", end="2025-11-21", events_table=f"{db.schema}.clean"))
+    backfill(db.settings(start="2025-10-27", end="2025-11-28", events_table=f"{db.schema}.clean"))
     assert db.events().equals(db.events(table="clean"))

@@ -434,10 +434,20 @@ def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("RUST_LOG", "off")  # connectorx's pool logs connect errors itself
     try:
-        app()
+        result = app(standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:
+        # Usage errors (click's UsageError, bundled or not): one line and their exit code (2).
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            sys.stderr.write(f"error: {_clean(exc.format_message())} (see --help)\n")
+            sys.exit(exc.exit_code)
+        raise
     except KeyboardInterrupt:  # outside a command (e.g. during imports)
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":

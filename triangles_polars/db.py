@@ -96,9 +96,9 @@ def redact(text: str, url: str | None) -> str:
         return text
     password = url_password(url)
     if password:
-        from urllib.parse import quote
+        from urllib.parse import quote, unquote
 
-        for form in {password, quote(password, safe=""), quote(password)}:
+        for form in {password, unquote(password), quote(password, safe=""), quote(password)}:
             if form:
                 text = text.replace(form, "***")
     return text
@@ -129,26 +129,43 @@ _TRANSIENT_PATTERNS = re.compile(
     ),
     re.IGNORECASE,
 )
-_AUTH = re.compile(r"password authentication failed|no password supplied|28P01|28000", re.I)
+_AUTH = re.compile(
+    r"password authentication failed|no password supplied|role \"[^\"]*\" does not exist|"
+    r"authentication failed|28P01|28000",
+    re.I,
+)
 _NO_DATABASE = re.compile(r'database "[^"]*" does not exist|3D000', re.I)
-_NO_TABLE = re.compile(r"relation .* does not exist|42P01", re.I)
+_NO_TABLE = re.compile(r"relation .* does not exist|schema .* does not exist|42P01|3F000", re.I)
 _PERMISSION = re.compile(r"permission denied|42501|must be owner", re.I)
 _READ_ONLY = re.compile(r"read-only transaction|25006", re.I)
+
+
+def was_interrupted(exc: BaseException) -> bool:
+    """True when Ctrl-C cancelled a running statement (ADBC turns SIGINT into a cancel)."""
+    return isinstance(exc.__cause__, KeyboardInterrupt) or "canceling statement due to user request" in str(
+        exc
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors that a reconnect can cure: dropped connections, killed backends, restarts."""
     if type(exc).__name__ == "PanicException":  # connectorx panics on a half-read stream
         return True
-    return bool(_TRANSIENT_PATTERNS.search(str(exc)))
+    text = str(exc)
+    if _AUTH.search(text) or _NO_DATABASE.search(text) or was_interrupted(exc):  # no retry fixes these
+        return False
+    return bool(_TRANSIENT_PATTERNS.search(text))
 
 
 def first_line(text: str) -> str:
-    """First non-empty line of a driver message, without driver prefixes."""
+    """The server's own message (``ERROR: …``/``FATAL: …``) if any, else the first line."""
+    server = re.search(r"(?:ERROR|FATAL):\s+([^\n]+)", str(text))
+    if server:
+        return server.group(1).strip()
     for line in str(text).splitlines():
         line = line.strip()
         if line:
-            return re.sub(r"^(IO|INVALID_ARGUMENT|NOT_FOUND|INTERNAL|UNKNOWN): ", "", line)
+            return re.sub(r"^(IO|INVALID_ARGUMENT|NOT_FOUND|INTERNAL|UNKNOWN|UNAUTHORIZED): ", "", line)
     return str(text)
 
 
@@ -214,6 +231,8 @@ def with_retries(
     except BaseException as exc:
         if isinstance(exc, SystemExit | GeneratorExit):
             raise
+        if was_interrupted(exc):
+            raise KeyboardInterrupt from None
         error = classify(exc, what, url)
         if is_transient(exc):
             raise RetriesExhausted(

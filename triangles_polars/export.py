@@ -15,7 +15,10 @@ from urllib.parse import quote
 
 import polars as pl
 
+from triangles_polars.db import RetryPolicy, close_quietly, connect, qualified, with_retries
 from triangles_polars.detect import EVENT_COLUMNS, EVENT_SCHEMA
+from triangles_polars.errors import BadInput
+from triangles_polars.settings import BackfillSettings
 
 PARTITION_FILE = "events.parquet"
 _EPSILON = timedelta(microseconds=1)
@@ -91,6 +94,40 @@ def export_events(
     return written
 
 
+def export_range_from_db(url: str, settings: BackfillSettings, out_dir: str | Path) -> dict[str, object]:
+    """Export the events of the run's symbol, strength and range, as stored in PostgreSQL."""
+    schema, table = settings.events_table_parts
+
+    def fetch() -> pl.DataFrame:
+        conn = connect(url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass($1) IS NOT NULL", parameters=(qualified(schema, table),))
+                if not cur.fetchone()[0]:
+                    raise BadInput(
+                        f"events table {settings.events_table!r} does not exist: run a backfill first"
+                    )
+                cur.execute(
+                    f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
+                    "AND confirmed_at >= $3 AND confirmed_at < $4",
+                    parameters=(settings.symbol, settings.strength, settings.range_start, settings.range_end),
+                )
+                return pl.from_arrow(cur.fetch_arrow_table())
+        finally:
+            close_quietly(conn)
+
+    events = with_retries(fetch, "reading events", RetryPolicy(), url)
+    files = export_events(
+        events,
+        out_dir,
+        symbol=settings.symbol,
+        strength=settings.strength,
+        range_start=settings.range_start,
+        range_end=settings.range_end,
+    )
+    return {"events": events.height, "files": [str(f) for f in files], "out": str(out_dir)}
+
+
 def export_range(
     symbol: str,
     start: str,
@@ -102,46 +139,10 @@ def export_range(
     events_table: str = "triangle_events",
 ) -> dict[str, object]:
     """Read the events of SYMBOL confirmed in START..END from PostgreSQL and export them."""
-    from triangles_polars.db import (
-        RetryPolicy,
-        close_quietly,
-        connect,
-        qualified,
-        resolve_database_url,
-        with_retries,
-    )
-    from triangles_polars.errors import BadInput
-    from triangles_polars.settings import BackfillSettings
+    from triangles_polars.db import resolve_database_url
 
     settings = BackfillSettings(
         symbol=symbol, start=start, end=end, strength=strength, events_table=events_table
     )
     url, _ = resolve_database_url(database_url)
-    schema, table = settings.events_table_parts
-
-    def fetch() -> pl.DataFrame:
-        conn = connect(url)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT to_regclass($1) IS NOT NULL", parameters=(qualified(schema, table),))
-                if not cur.fetchone()[0]:
-                    raise BadInput(f"events table {events_table!r} does not exist: run a backfill first")
-                cur.execute(
-                    f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
-                    "AND confirmed_at >= $3 AND confirmed_at < $4",
-                    parameters=(symbol, strength, settings.range_start, settings.range_end),
-                )
-                return pl.from_arrow(cur.fetch_arrow_table())
-        finally:
-            close_quietly(conn)
-
-    events = with_retries(fetch, "reading events", RetryPolicy(), url)
-    files = export_events(
-        events,
-        out_dir,
-        symbol=symbol,
-        strength=strength,
-        range_start=settings.range_start,
-        range_end=settings.range_end,
-    )
-    return {"events": events.height, "files": [str(f) for f in files], "out": str(out_dir)}
+    return export_range_from_db(url, settings, out_dir)

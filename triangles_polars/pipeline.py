@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,12 +26,20 @@ from triangles_polars.db import (
     with_application_name,
     with_retries,
 )
-from triangles_polars.detect import EVENT_SCHEMA, confirmed_between, detect_events
 from triangles_polars.errors import BadInput
-from triangles_polars.hygiene import count_bad_bars, flag_bars
+from triangles_polars.hygiene import reason_codes
 from triangles_polars.settings import BackfillSettings, HygieneProfile, Thresholds
-from triangles_polars.sink import Chunk, EventWriter, plan_chunks
-from triangles_polars.source import READER_NAME, check_bars_table, read_bars, symbol_has_bars
+from triangles_polars.sink import Chunk, Chunker, EventWriter
+from triangles_polars.source import (
+    READER_NAME,
+    check_bars_table,
+    first_duplicate,
+    has_unique_key,
+    read_bars,
+    symbol_has_bars,
+    time_slices,
+)
+from triangles_polars.stream import DetectionResult, StreamingDetector, merge_counts
 
 
 @dataclass
@@ -64,31 +75,21 @@ class RunSummary:
         return asdict(self)
 
 
-@dataclass
-class DetectionResult:
-    """Output of the pure compute stage."""
-
-    events: pl.DataFrame
-    bars: int
-    bad_bars: int
-    bad_by_rule: dict[str, int]
-
-
 class Progress:
     """Observer of a run; the default does nothing. The CLI subclasses it with a progress bar."""
 
-    def stage(self, name: str, total: int | None = None) -> None:
-        """A stage starts (``read``, ``detect``, ``write``)."""
+    def start(self, slices: int) -> None:
+        """The run starts; bars are read in ``slices`` time slices."""
 
-    def advance(self, done: int, **info: Any) -> None:
-        """Progress within the stage (``done`` out of the stage's ``total``)."""
+    def advance(self, slices_done: int, *, bars: int, events: int, chunks: int) -> None:
+        """A slice was read, detected and its complete chunks written."""
 
     def retry(self, error: BaseException) -> None:
         """A connection error is being retried."""
 
 
 def compute_events(
-    bars: pl.DataFrame | pl.LazyFrame,
+    bars: pl.DataFrame,
     *,
     symbol: str,
     strength: int,
@@ -98,28 +99,147 @@ def compute_events(
     start: datetime,
     end_exclusive: datetime,
 ) -> DetectionResult:
-    """Hygiene + detection on bars of one symbol (``ts`` = open time, sorted, unique).
+    """Hygiene + detection on bars of one symbol (``ts`` = open time, sorted, unique), no database.
 
     Returns the events confirmed in ``[start, end_exclusive)`` sorted by ``confirmed_at`` and
-    the bad-bar counts over all the bars given.
+    the bad-bar counts over all the bars given. (One slice of :class:`StreamingDetector`.)
     """
-    flagged = flag_bars(bars.lazy(), profile, thresholds)
-    events = confirmed_between(
-        detect_events(flagged.filter(~pl.col("is_bad")), symbol, strength, bar_interval),
-        start,
-        end_exclusive,
-    )
-    # One collect for both outputs: Polars shares the common hygiene sub-plan.
-    events_df, counts_df = pl.collect_all([events, count_bad_bars(flagged, thresholds)])
-    counts = counts_df.row(0, named=True)
-    bars_n = int(counts.pop("bars"))
-    bad = int(counts.pop("bad_bars") or 0)
-    return DetectionResult(
-        events=events_df.cast(EVENT_SCHEMA),
-        bars=bars_n,
-        bad_bars=bad,
-        bad_by_rule={code: int(n or 0) for code, n in counts.items() if n},
-    )
+    detector = StreamingDetector(symbol, strength, bar_interval, profile, thresholds, start, end_exclusive)
+    return detector.push(bars)
+
+
+class SliceReader:
+    """Reads time slices of bars in a background thread, ``depth`` slices ahead of the consumer.
+
+    connectorx releases the GIL while it reads, so reading the next slice overlaps detecting and
+    writing the current one; memory holds at most ``depth + 1`` slices.
+    """
+
+    _DONE = object()
+
+    def __init__(
+        self,
+        read_slice: Callable[[datetime, datetime], pl.DataFrame],
+        slices: list[tuple[datetime, datetime]],
+        depth: int,
+    ) -> None:
+        self._read_slice = read_slice
+        self._slices = slices
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="triangles-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for lo, hi in self._slices:
+                if self._stop.is_set():
+                    return
+                tick = time.perf_counter()
+                bars = self._read_slice(lo, hi)
+                self.busy_s += time.perf_counter() - tick
+                self._put(bars)
+            self._put(self._DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading ahead (the thread ends after its current read)."""
+        self._stop.set()
+
+
+class WriterThread:
+    """Runs the sink in a thread of its own, ``depth`` chunks behind detection.
+
+    Besides overlapping writing with detecting, this keeps every ADBC call off the main thread:
+    there, ADBC turns Ctrl-C into a statement cancel that a finished statement silently
+    swallows. Here Ctrl-C reaches the main thread, which lets the chunk in flight finish (it
+    commits or rolls back whole) and starts no other.
+    """
+
+    _DONE = object()
+
+    def __init__(
+        self, writer: EventWriter, on_chunk: Callable[[Chunk, bool], None] | None, depth: int
+    ) -> None:
+        self._writer = writer
+        self._on_chunk = on_chunk
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="triangles-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if self._stop.is_set():  # interrupted or failed: start nothing more
+                    return
+                if item is self._DONE:
+                    tick = time.perf_counter()
+                    self._writer.finish_run()
+                    self.busy_s += time.perf_counter() - tick
+                    return
+                tick = time.perf_counter()
+                written = self._writer.write(item)
+                self.busy_s += time.perf_counter() - tick
+                if self._on_chunk is not None:  # after the commit, before the next chunk starts
+                    self._on_chunk(item, not written)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._writer.close()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, chunks: list[Chunk]) -> None:
+        """Queue chunks for writing (waits while ``depth`` chunks are pending)."""
+        for chunk in chunks:
+            while True:
+                self._check()
+                try:
+                    self._queue.put(chunk, timeout=0.1)
+                    break
+                except queue.Full:
+                    if not self._thread.is_alive():
+                        self._check()
+                        raise RuntimeError("the writer thread stopped") from None
+
+    def finish(self) -> None:
+        """Write everything queued, mark the run done, and wait."""
+        self._queue.put(self._DONE)
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.1)
+        self._check()
+
+    def stop(self) -> None:
+        """Start no new chunk; wait (briefly) for the one in flight."""
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(self._DONE)
+        self._thread.join(timeout=30)
 
 
 def backfill(
@@ -129,9 +249,10 @@ def backfill(
 ) -> RunSummary:
     """Run the whole job for one symbol and range; see SPEC §4–5.
 
-    Raises :class:`BadInput` (exit 2), :class:`DatabaseUnavailable` /
-    :class:`RetriesExhausted` (exit 3). Committed chunks stay committed on any failure, and the
-    same call resumes after them.
+    Bars stream in time slices (``settings.slice_days``) through hygiene and detection; events
+    are cut into chunks and each chunk is written as one transaction as soon as it is complete.
+    Raises :class:`BadInput` (exit 2), :class:`DatabaseUnavailable` / :class:`RetriesExhausted`
+    (exit 3). Committed chunks stay committed on any failure; the same call resumes after them.
     """
     started = time.perf_counter()
     progress = progress or Progress()
@@ -148,7 +269,6 @@ def backfill(
         events_table=settings.events_table,
         database=mask_url(url),
     )
-
     read_retries = 0
 
     def count_read_retry(exc: BaseException) -> None:
@@ -156,102 +276,104 @@ def backfill(
         read_retries += 1
         progress.retry(exc)
 
-    # --- source
-    progress.stage("read")
-    tick = time.perf_counter()
+    # --- source: check the table (catalog only: no lock on the bars) before reading anything
     reader_url = with_application_name(url, READER_NAME)
 
-    def inspect() -> str:
-        # Catalog queries only: no lock on the bars table, so a writer elsewhere never blocks us here.
+    def inspect() -> tuple[str, Any]:
         conn = connect(reader_url)
         try:
             with conn.cursor() as cur:
-                return check_bars_table(cur, settings)
+                ts_type = check_bars_table(cur, settings)
+                duplicate = None
+                if not has_unique_key(cur, settings):
+                    # Streaming could only find duplicates after writing: look for them first.
+                    duplicate = first_duplicate(
+                        cur, settings, ts_type, settings.anchor_ts, settings.range_end
+                    )
+                return ts_type, duplicate
         finally:
             close_quietly(conn)
 
-    ts_type = with_retries(inspect, "inspecting the bars table", policy, url, count_read_retry)
-    bars = read_bars(
-        url,
-        settings,
-        ts_type,
-        settings.anchor_ts,
-        settings.range_end,
-        policy,
-        count_read_retry,
-    )
-    summary.stage_seconds["read"] = time.perf_counter() - tick
-    if bars.height == 0:
-        if not with_retries(lambda: symbol_has_bars(reader_url, settings), "reading bars", policy, url):
-            raise BadInput(f"no bars for symbol {settings.symbol!r} in {settings.bars_table!r}")
+    ts_type, duplicate = with_retries(inspect, "inspecting the bars table", policy, url, count_read_retry)
+    if duplicate is not None:
         raise BadInput(
-            f"no bars for {settings.symbol!r} between {settings.anchor_ts.isoformat()} "
-            f"and {settings.range_end.isoformat()}: empty range"
+            f"bars of {settings.symbol!r} have duplicate timestamps, first at {duplicate.isoformat()}; "
+            "fix the bars table (primary key (symbol, ts))"
         )
-    progress.advance(bars.height, bars=bars.height)
 
-    # --- hygiene + detect
-    progress.stage("detect")
-    tick = time.perf_counter()
-    result = compute_events(
-        bars,
-        symbol=settings.symbol,
-        strength=settings.strength,
-        bar_interval=settings.interval,
-        profile=settings.profile,
-        thresholds=settings.thresholds,
-        start=settings.range_start,
-        end_exclusive=settings.range_end,
+    slices = time_slices(settings.anchor_ts, settings.range_end, settings.slice_days)
+    detector = StreamingDetector(
+        settings.symbol,
+        settings.strength,
+        settings.interval,
+        settings.profile,
+        settings.thresholds,
+        settings.range_start,
+        settings.range_end,
     )
-    del bars
-    if result.bad_bars == result.bars:
-        codes = ", ".join(f"{k} {v}" for k, v in result.bad_by_rule.items())
-        raise BadInput(f"all {result.bars} bars of {settings.symbol!r} failed hygiene ({codes})")
-    summary.bars_processed = result.bars
-    summary.bad_bars_skipped = result.bad_bars
-    summary.bad_bars_by_rule = result.bad_by_rule
-    summary.triangles = result.events.height
-    summary.stage_seconds["detect"] = time.perf_counter() - tick
-
-    # --- sink
-    tick = time.perf_counter()
-    chunks = plan_chunks(result.events, settings.range_start, settings.range_end, settings.chunk_events)
-    progress.stage("write", total=result.events.height)
-    written = 0
-
-    def chunk_done(chunk: Chunk, skipped: bool) -> None:
-        nonlocal written
-        written += chunk.size
-        progress.advance(written, chunk=chunk.chunk_no + 1, chunks=len(chunks), skipped=skipped)
-        if on_chunk is not None:
-            on_chunk(chunk, skipped)
-
+    chunker = Chunker(settings.range_start, settings.range_end, settings.chunk_events)
     writer = EventWriter(url, settings, policy, on_retry=progress.retry)
+    reader = SliceReader(
+        lambda lo, hi: read_bars(url, settings, ts_type, lo, hi, policy, count_read_retry),
+        slices,
+        settings.prefetch,
+    )
+    sink = WriterThread(writer, on_chunk, settings.prefetch)
+    bars_n = bad_n = events_n = 0
+    by_rule: dict[str, int] = {}
+    detect_s = 0.0
+
+    progress.start(len(slices))
     try:
-        stats = writer.write_all(chunks, chunk_done)
+        for done, bars in enumerate(reader, start=1):
+            tick = time.perf_counter()
+            result = detector.push(bars)
+            detect_s += time.perf_counter() - tick
+            bars_n += result.bars
+            bad_n += result.bad_bars
+            events_n += result.events.height
+            merge_counts(by_rule, result.bad_by_rule)
+            sink.submit(chunker.add(result.events))
+            progress.advance(done, bars=bars_n, events=events_n, chunks=writer.stats.chunks)
+        # Bad input that only the whole window reveals; nothing was written in these cases.
+        if bars_n == 0:
+            if not with_retries(lambda: symbol_has_bars(reader_url, settings), "reading bars", policy, url):
+                raise BadInput(f"no bars for symbol {settings.symbol!r} in {settings.bars_table!r}")
+            raise BadInput(
+                f"no bars for {settings.symbol!r} between {settings.anchor_ts.isoformat()} "
+                f"and {settings.range_end.isoformat()}: empty range"
+            )
+        if bad_n == bars_n:
+            codes = ", ".join(f"{k} {v}" for k, v in by_rule.items())
+            raise BadInput(f"all {bars_n} bars of {settings.symbol!r} failed hygiene ({codes})")
+        sink.submit(chunker.finish())
+        sink.finish()
+    except BaseException:
+        sink.stop()
+        raise
     finally:
+        reader.close()
         summary.retries = read_retries + writer.stats.retries
-        writer.close()
-    summary.chunks = len(chunks)
+
+    stats = writer.stats
+    order = list(reason_codes(settings.thresholds).values())
+    summary.bars_processed = bars_n
+    summary.bad_bars_skipped = bad_n
+    summary.bad_bars_by_rule = {code: by_rule[code] for code in order if code in by_rule}
+    summary.triangles = events_n
+    summary.chunks = stats.chunks + stats.chunks_skipped
     summary.chunks_skipped = stats.chunks_skipped
     summary.commits = stats.commits
     summary.rows_inserted = stats.rows_inserted
     summary.rows_deleted = stats.rows_deleted
     summary.purged = stats.purged
-    summary.stage_seconds["write"] = time.perf_counter() - tick
+    summary.stage_seconds = {"read": reader.busy_s, "detect": detect_s, "write": sink.busy_s}
 
     if settings.export_dir is not None:
-        from triangles_polars.export import export_events
+        from triangles_polars.export import export_range_from_db
 
         tick = time.perf_counter()
-        export_events(
-            result.events,
-            settings.export_dir,
-            symbol=settings.symbol,
-            strength=settings.strength,
-            range_start=settings.range_start,
-            range_end=settings.range_end,
-        )
+        export_range_from_db(url, settings, settings.export_dir)
         summary.export = str(settings.export_dir)
         summary.stage_seconds["export"] = time.perf_counter() - tick
     summary.duration_s = round(time.perf_counter() - started, 3)

@@ -32,7 +32,7 @@ class BarProgress(Progress):
 
             self._bar = RichProgress(
                 SpinnerColumn(),
-                TextColumn("{task.description:<16}"),
+                TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
@@ -47,30 +47,18 @@ class BarProgress(Progress):
         if self._bar is not None:
             self._bar.stop()
 
-    def stage(self, name: str, total: int | None = None) -> None:
-        if self._bar is None:
-            return
-        if self._task is not None:
-            self._bar.update(self._task, completed=self._bar.tasks[-1].total or 0)
-        labels = {"read": "reading bars", "detect": "hygiene + detect", "write": "writing events"}
-        self._task = self._bar.add_task(labels.get(name, name), total=total, info="")
+    def start(self, slices: int) -> None:
+        if self._bar is not None:
+            self._task = self._bar.add_task("backfill", total=slices, info="")
 
-    def advance(self, done: int, **info: Any) -> None:
+    def advance(self, slices_done: int, *, bars: int, events: int, chunks: int) -> None:
         if self._bar is None or self._task is None:
             return
-        task = self._bar.tasks[-1]
-        parts = []
-        if "bars" in info:
-            parts.append(f"{info['bars']:,} bars")
-            self._bar.update(self._task, total=done)
-        if "chunk" in info:
-            parts.append(f"chunk {info['chunk']}/{info['chunks']}")
-        if self.retries:
-            parts.append(f"retries {self.retries}")
-        elapsed = task.elapsed or 0
-        if elapsed > 0 and "chunk" in info:
-            parts.append(f"{done / elapsed:,.0f} ev/s")
-        self._bar.update(self._task, completed=done, info="  ".join(parts))
+        elapsed = self._bar.tasks[-1].elapsed or 0
+        rate = f"  {bars / elapsed:,.0f} bars/s" if elapsed > 0 else ""
+        retries = f"  retries {self.retries}" if self.retries else ""
+        info = f"{bars:,} bars  {events:,} events  {chunks} chunks{retries}{rate}"
+        self._bar.update(self._task, completed=slices_done, info=info)
 
     def retry(self, error: BaseException) -> None:
         self.retries += 1

@@ -25,6 +25,10 @@ DEFAULT_ANCHOR_DAYS = 7
 DEFAULT_CHUNK_EVENTS = 50_000
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_BACKOFF_S = 0.5
+# Bars are read in time slices of this many days (memory is bounded by a slice, not the
+# history), two slices ahead of detection; see benchmarks/README.md for the measurements.
+DEFAULT_SLICE_DAYS = 92
+DEFAULT_PREFETCH = 2
 MAX_STRENGTH = 10_000
 
 BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
@@ -209,7 +213,10 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
                 f"config file {str(path)!r}: unknown key(s) {', '.join(sorted(bad))} in "
                 f"[instruments.{name}]; expected {', '.join(THRESHOLD_KEYS)}"
             )
-        out[name] = {k: _check_threshold(k, v) for k, v in table.items()}
+        try:
+            out[name] = {k: _check_threshold(k, v) for k, v in table.items()}
+        except BadInput as exc:
+            raise BadInput(f"config file {str(path)!r}: [instruments.{name}] {exc}") from None
     return out
 
 
@@ -277,6 +284,8 @@ class BackfillSettings:
     backoff_s: float = DEFAULT_BACKOFF_S
     resume: bool = True
     export_dir: str | Path | None = None
+    slice_days: int = DEFAULT_SLICE_DAYS
+    prefetch: int = DEFAULT_PREFETCH
 
     # Derived, set in __post_init__.
     range_start: datetime = field(init=False)
@@ -328,7 +337,7 @@ class BackfillSettings:
             if logical not in BAR_COLUMNS:
                 raise BadInput(f"unknown bar column {logical!r}: expected one of {', '.join(BAR_COLUMNS)}")
             column_map[logical] = check_identifier(actual, f"column name for {logical}")
-        for name, low in (("chunk_events", 1), ("max_retries", 0)):
+        for name, low in (("chunk_events", 1), ("max_retries", 0), ("slice_days", 1), ("prefetch", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise BadInput(f"bad {name.replace('_', '-')} {value!r}: it must be >= {low}")

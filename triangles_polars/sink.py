@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from triangles_polars.db import (
@@ -28,7 +27,7 @@ from triangles_polars.db import (
     with_application_name,
     with_retries,
 )
-from triangles_polars.detect import EVENT_COLUMNS
+from triangles_polars.detect import EVENT_COLUMNS, EVENT_SCHEMA
 from triangles_polars.errors import BadInput
 from triangles_polars.settings import BackfillSettings
 
@@ -131,32 +130,68 @@ class Chunk:
         return self.events.height
 
 
+class Chunker:
+    """Cuts a stream of events (sorted by confirmed_at) into chunks of about ``chunk_events``.
+
+    A chunk is cut only once the event after the cut is known, and never inside a run of equal
+    ``confirmed_at``; its span ends at that next event, and the last span at ``range_end``. So the
+    spans tile the range, and the chunks are the same however the events arrive (all at once or
+    slice by slice): a rerun of the same command finds the same chunks to resume.
+    """
+
+    def __init__(self, range_start: datetime, range_end: datetime, chunk_events: int) -> None:
+        self.range_end = range_end
+        self.chunk_events = chunk_events
+        self._span_start = range_start
+        self._buffer: list[pl.DataFrame] = []
+        self._buffered = 0
+        self._next_no = 0
+
+    def add(self, events: pl.DataFrame) -> list[Chunk]:
+        """Buffer events; return the chunks that are complete."""
+        if events.height == 0:
+            return []
+        self._buffer.append(events)
+        self._buffered += events.height
+        out: list[Chunk] = []
+        while self._buffered > self.chunk_events:
+            pending = pl.concat(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+            confirmed = pending["confirmed_at"]
+            cut_value = confirmed[self.chunk_events]
+            if cut_value == confirmed[self.chunk_events - 1]:
+                # never split equal confirmed_at values: cut at the end of their run
+                cut = int(confirmed.search_sorted(cut_value, side="right"))
+            else:
+                cut = self.chunk_events
+            if cut >= pending.height:  # the event after the cut is not known yet
+                self._buffer = [pending]
+                break
+            out.append(self._emit(pending.slice(0, cut), confirmed[cut]))
+            rest = pending.slice(cut)
+            self._buffer, self._buffered = [rest], rest.height
+        return out
+
+    def finish(self) -> list[Chunk]:
+        """The last chunk (up to ``range_end``); an empty range still gets one chunk."""
+        if self._buffered == 0 and self._next_no > 0:
+            return []
+        pending = pl.concat(self._buffer) if self._buffer else pl.DataFrame(schema=EVENT_SCHEMA)
+        self._buffer, self._buffered = [], 0
+        return [self._emit(pending, self.range_end)]
+
+    def _emit(self, events: pl.DataFrame, span_end: datetime) -> Chunk:
+        chunk = Chunk(self._next_no, self._span_start, span_end, events)
+        self._next_no += 1
+        self._span_start = span_end
+        return chunk
+
+
 def plan_chunks(
     events: pl.DataFrame, range_start: datetime, range_end: datetime, chunk_events: int
 ) -> list[Chunk]:
-    """Split events (sorted by confirmed_at) into chunks of about ``chunk_events``.
-
-    Boundaries never split a ``confirmed_at`` value, and the spans tile the range exactly.
-    An empty range still gets one (empty) chunk, so ``replace`` clears stale events there.
-    """
-    if events.height == 0:
-        return [Chunk(0, range_start, range_end, events)]
-    confirmed = events["confirmed_at"]
-    n = events.height
-    # Cut every chunk_events rows; a cut inside a run of equal confirmed_at moves to the run's end.
-    cuts = np.arange(chunk_events, n, chunk_events)
-    values = confirmed.to_numpy()
-    cuts = np.where(
-        values[cuts] == values[cuts - 1], np.searchsorted(values, values[cuts], side="right"), cuts
-    )
-    starts = [0, *sorted({int(c) for c in cuts if c < n})]
-    chunks = []
-    for i, begin in enumerate(starts):
-        stop = starts[i + 1] if i + 1 < len(starts) else n
-        span_start = range_start if i == 0 else confirmed[begin]
-        span_end = range_end if stop == n else confirmed[stop]
-        chunks.append(Chunk(i, span_start, span_end, events.slice(begin, stop - begin)))
-    return chunks
+    """All chunks of a complete, sorted event frame (see :class:`Chunker`)."""
+    chunker = Chunker(range_start, range_end, chunk_events)
+    return chunker.add(events) + chunker.finish()
 
 
 def run_key(settings: BackfillSettings) -> str:
@@ -208,6 +243,7 @@ class EventWriter:
         self.key = run_key(settings)
         self.stats = WriteStats()
         self._conn: Any = None
+        self._done: dict[int, tuple[datetime, datetime, int]] | None = None
         schema, table = settings.events_table_parts
         self.schema = schema
         self.table = qualified(schema, table)
@@ -260,7 +296,7 @@ class EventWriter:
         self._transaction("creating the events table", lambda cur: ensure_tables(cur, self.settings))
         self.stats.commits -= 1  # DDL is not a chunk commit
 
-    def begin_run(self, n_chunks: int) -> dict[int, tuple[datetime, datetime, int]]:
+    def begin_run(self) -> dict[int, tuple[datetime, datetime, int]]:
         """Register the run; return the chunks already committed by an unfinished earlier attempt."""
         s = self.settings
 
@@ -281,8 +317,8 @@ class EventWriter:
                 cur.execute(f"DELETE FROM {self.progress} WHERE run_key = $1", parameters=(self.key,))
             cur.execute(
                 f"""INSERT INTO {self.runs} (run_key, events_table, symbol, strength, range_start,
-                    range_end, status, chunks) VALUES ($1, $2, $3, $4, $5, $6, 'running', $7)
-                    ON CONFLICT (run_key) DO UPDATE SET status = 'running', chunks = EXCLUDED.chunks,
+                    range_end, status, chunks) VALUES ($1, $2, $3, $4, $5, $6, 'running', 0)
+                    ON CONFLICT (run_key) DO UPDATE SET status = 'running',
                     started_at = now(), finished_at = NULL""",
                 parameters=(
                     self.key,
@@ -291,7 +327,6 @@ class EventWriter:
                     s.strength,
                     s.range_start,
                     s.range_end,
-                    n_chunks,
                 ),
             )
             return done
@@ -349,18 +384,6 @@ class EventWriter:
         self._transaction(f"writing chunk {chunk.chunk_no + 1}", body)
         self.stats.chunks += 1
 
-    def finish_run(self) -> None:
-        """Mark the run done: a later identical command starts afresh (replace keeps it idempotent)."""
-
-        def body(cur: Any) -> None:
-            cur.execute(
-                f"UPDATE {self.runs} SET status = 'done', finished_at = now() WHERE run_key = $1",
-                parameters=(self.key,),
-            )
-
-        self._transaction("finishing the run", body)
-        self.stats.commits -= 1
-
     # -- helpers
 
     def _replace_delete(self, chunk: Chunk) -> tuple[str, tuple[Any, ...]]:
@@ -386,26 +409,36 @@ class EventWriter:
             parameters=(self.key, chunk_no, start, end, events),
         )
 
-    def write_all(
-        self, chunks: list[Chunk], on_chunk: Callable[[Chunk, bool], None] | None = None
-    ) -> WriteStats:
-        """Prepare, register, purge if asked, write every chunk not yet committed, finish."""
-        self.prepare()
-        done = self.begin_run(len(chunks))
-        if self.settings.purge:
-            self.purge(done)
-        for chunk in chunks:
-            previous = done.get(chunk.chunk_no)
-            if previous is not None and previous == (chunk.span_start, chunk.span_end, chunk.size):
-                self.stats.chunks_skipped += 1
-                if on_chunk:
-                    on_chunk(chunk, True)
-                continue
-            self.write_chunk(chunk)
-            if on_chunk:
-                on_chunk(chunk, False)
-        self.finish_run()
-        return self.stats
+    def write(self, chunk: Chunk) -> bool:
+        """Write one chunk unless an unfinished identical run committed it; True if written.
+
+        The first call prepares the tables and registers the run, so a run that fails on bad
+        input before its first chunk writes nothing at all.
+        """
+        if self._done is None:
+            self.prepare()
+            self._done = self.begin_run()
+            if self.settings.purge:
+                self.purge(self._done)
+        previous = self._done.get(chunk.chunk_no)
+        if previous is not None and previous == (chunk.span_start, chunk.span_end, chunk.size):
+            self.stats.chunks_skipped += 1
+            return False
+        self.write_chunk(chunk)
+        return True
+
+    def finish_run(self) -> None:
+        """Mark the run done: a later identical command starts afresh (replace keeps it idempotent)."""
+        total = self.stats.chunks + self.stats.chunks_skipped
+
+        def body(cur: Any) -> None:
+            cur.execute(
+                f"UPDATE {self.runs} SET status = 'done', chunks = $2, finished_at = now() WHERE run_key = $1",
+                parameters=(self.key, total),
+            )
+
+        self._transaction("finishing the run", body)
+        self.stats.commits -= 1
 
 
 def _delete_count(cur: Any, sql: str, params: tuple[Any, ...]) -> int:

@@ -8,7 +8,8 @@ Polars is cheaper than on the server, and duplicate timestamps are reported, not
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import polars as pl
 
@@ -106,13 +107,14 @@ def normalise_bars(raw: pl.DataFrame, settings: BackfillSettings) -> pl.DataFram
     )
     if settings.ts_convention == "close":
         ts_utc = ts_utc - settings.interval
-    bars = raw.with_columns(ts_utc.dt.cast_time_unit("us").alias("ts")).cast(BAR_SCHEMA).sort("ts")
-    duplicated = bars.filter(pl.col("ts").is_duplicated())
-    if duplicated.height:
-        first = duplicated["ts"][0]
+    bars = raw.with_columns(ts_utc.dt.cast_time_unit("us").alias("ts")).cast(BAR_SCHEMA)
+    if not bars["ts"].is_sorted():  # an index scan already returns them in order: skip the sort
+        bars = bars.sort("ts")
+    repeated = bars.filter(pl.col("ts").diff() == pl.duration(microseconds=0))["ts"]
+    if repeated.len():
         raise BadInput(
-            f"bars of {settings.symbol!r} have {duplicated['ts'].n_unique()} duplicate timestamp(s), "
-            f"first at {first.isoformat()}; fix the bars table (primary key (symbol, ts))"
+            f"bars of {settings.symbol!r} have {repeated.n_unique()} duplicate timestamp(s), "
+            f"first at {repeated[0].isoformat()}; fix the bars table (primary key (symbol, ts))"
         )
     return bars
 
@@ -156,3 +158,44 @@ def symbol_has_bars(url: str, settings: BackfillSettings) -> bool:
         return bool(rows[0][0])
     finally:
         close_quietly(conn)
+
+
+def has_unique_key(cur: Any, settings: BackfillSettings) -> bool:
+    """Whether a unique index on exactly (symbol, ts) makes duplicate bars impossible."""
+    schema, table = settings.bars_table_parts
+    rows = fetch_all(
+        cur,
+        """
+        SELECT array_agg(a.attname::text ORDER BY a.attname)
+        FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+        WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
+        GROUP BY i.indexrelid
+        """,
+        (qualified(schema, table),),
+    )
+    wanted = sorted([settings.column_map["symbol"], settings.column_map["ts"]])
+    return any(sorted(r[0]) == wanted for r in rows)
+
+
+def first_duplicate(cur: Any, settings: BackfillSettings, ts_type: str, lo: datetime, hi: datetime) -> Any:
+    """The first timestamp held twice by the symbol's bars in ``[lo, hi)``, or None.
+
+    Run before anything is written when the table has no unique key, so that a streamed run
+    cannot discover duplicates after its first chunks were committed.
+    """
+    col = settings.column_map
+    inner = bars_query(settings, ts_type, lo, hi).replace(
+        f"SELECT {quote_ident(col['ts'])} AS ts, ", f"SELECT {quote_ident(col['ts'])} AS ts, 1 AS one, ", 1
+    )
+    rows = fetch_all(cur, f"SELECT ts FROM ({inner}) b GROUP BY ts HAVING count(*) > 1 ORDER BY ts LIMIT 1")
+    return rows[0][0] if rows else None
+
+
+def time_slices(lo: datetime, hi: datetime, days: int) -> list[tuple[datetime, datetime]]:
+    """``[lo, hi)`` cut into consecutive slices of ``days`` days (the last one shorter)."""
+    step = timedelta(days=days)
+    out = []
+    while lo < hi:
+        out.append((lo, min(lo + step, hi)))
+        lo = lo + step
+    return out

@@ -30,8 +30,8 @@ BAR_COLUMNS = ["ts", "open", "high", "low", "close"]
 
 
 @dataclass
-class SliceResult:
-    """Events a slice confirmed (inside the run's range) and its bad-bar counts."""
+class DetectionResult:
+    """Events confirmed by a slice's bars (inside the run's range) and the slice's bad-bar counts."""
 
     events: pl.DataFrame
     bars: int
@@ -61,7 +61,7 @@ class StreamingDetector:
         self.hygiene_tail = pl.DataFrame(schema=schema)
         self.good_tail = pl.DataFrame(schema={"pos": pl.Int64, **schema})
 
-    def push(self, bars: pl.DataFrame) -> SliceResult:
+    def push(self, bars: pl.DataFrame) -> DetectionResult:
         """Process the next slice (sorted by ts, unique, later than every earlier slice)."""
         context = self.hygiene_tail.height
         combined = pl.concat([self.hygiene_tail, bars.select(BAR_COLUMNS)])
@@ -99,7 +99,7 @@ class StreamingDetector:
         counts = count_bad_bars(flagged.lazy(), self.thresholds).collect().row(0, named=True)
         bars_n = int(counts.pop("bars"))
         bad = int(counts.pop("bad_bars") or 0)
-        return SliceResult(
+        return DetectionResult(
             events=events.cast(EVENT_SCHEMA),
             bars=bars_n,
             bad_bars=bad,
@@ -114,4 +114,4 @@ def merge_counts(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:
     return total
 
 
-__all__ = ["RULE_COLUMNS", "SliceResult", "StreamingDetector", "merge_counts"]
+__all__ = ["RULE_COLUMNS", "DetectionResult", "StreamingDetector", "merge_counts"]
