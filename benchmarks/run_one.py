@@ -1,0 +1,129 @@
+"""Worker: run one contender once, in its own process, and print one JSON line.
+
+    python -m benchmarks.run_one {product,baseline,floor} --bars-table T --events-table T \
+        --first-day YYYY-MM-DD --last-day YYYY-MM-DD [--source-events-table T]
+
+The database URL comes from the ``BENCH_DATABASE_URL`` environment variable (never argv, so a
+password stays out of process listings). The full-history range is START = first day + 7 days,
+END = last day, bars from the first day (the product's default anchor, START - 7 days).
+
+The JSON line has ``e2e_s`` (the job, timed inside the process after imports), ``stage_seconds``,
+``bars``, ``events``, ``import_s``, ``vm_hwm_kb`` (this process's peak RSS, from
+``/proc/self/status``) and ``ru_maxrss_kb``. The suite also times the process from outside and
+reads its peak RSS with ``wait4`` through the ``benchmarks.spawn`` launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from datetime import date
+from typing import Any
+
+from benchmarks.common import STRENGTH, SYMBOL, URL_ENV, Size, peak_rss_kb
+
+CONTENDERS = ("product", "baseline", "floor")
+
+
+def _product(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
+    tick = time.perf_counter()
+    from triangles_polars import BackfillSettings, backfill
+
+    imported = time.perf_counter() - tick
+    settings = BackfillSettings(
+        symbol=args.symbol,
+        start=size.start,
+        end=size.end,
+        strength=args.strength,
+        database_url=url,
+        bars_table=args.bars_table,
+        events_table=args.events_table,
+    )
+    began = time.perf_counter()
+    summary = backfill(settings)
+    e2e = time.perf_counter() - began
+    return {
+        "import_s": imported,
+        "e2e_s": e2e,
+        "stage_seconds": dict(summary.stage_seconds),
+        "bars": summary.bars_processed,
+        "events": summary.triangles,
+        "bad_bars": summary.bad_bars_skipped,
+        "chunks": summary.chunks,
+        "commits": summary.commits,
+        "retries": summary.retries,
+        "rows_inserted": summary.rows_inserted,
+        "summary_duration_s": summary.duration_s,
+    }
+
+
+def _baseline(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
+    tick = time.perf_counter()
+    import psycopg2.extras  # noqa: F401  (timed as an import, like the product's)
+
+    import tests.reference  # noqa: F401
+    from benchmarks.baseline import run_baseline
+
+    imported = time.perf_counter() - tick
+    anchor, start, end_exclusive = size.range_bounds()
+    result = run_baseline(
+        url,
+        symbol=args.symbol,
+        strength=args.strength,
+        bars_table=args.bars_table,
+        events_table=args.events_table,
+        anchor=anchor,
+        start=start,
+        end_exclusive=end_exclusive,
+    )
+    return {"import_s": imported, **result}
+
+
+def _floor(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
+    tick = time.perf_counter()
+    from benchmarks.floor import run_floor
+
+    imported = time.perf_counter() - tick
+    anchor, _start, end_exclusive = size.range_bounds()
+    result = run_floor(
+        url,
+        symbol=args.symbol,
+        bars_table=args.bars_table,
+        anchor=anchor,
+        end_exclusive=end_exclusive,
+        source_events_table=args.source_events_table,
+        events_table=args.events_table if args.source_events_table else None,
+    )
+    return {"import_s": imported, **result}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_one", description=__doc__)
+    parser.add_argument("contender", choices=CONTENDERS)
+    parser.add_argument("--bars-table", required=True)
+    parser.add_argument("--events-table", required=True)
+    parser.add_argument("--first-day", required=True, type=date.fromisoformat)
+    parser.add_argument("--last-day", required=True, type=date.fromisoformat)
+    parser.add_argument("--symbol", default=SYMBOL)
+    parser.add_argument("--strength", type=int, default=STRENGTH)
+    parser.add_argument("--source-events-table", help="floor only: the events to COPY back in")
+    args = parser.parse_args(argv)
+    url = os.environ.get(URL_ENV)
+    if not url:
+        parser.error(f"set {URL_ENV} to the database URL")
+    size = Size("run", args.first_day, args.last_day, 0.0)
+    run = {"product": _product, "baseline": _baseline, "floor": _floor}[args.contender]
+    result = run(url, size, args)
+    result["contender"] = args.contender
+    result["ru_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["vm_hwm_kb"] = peak_rss_kb()
+    sys.stdout.write(json.dumps(result, default=str) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
