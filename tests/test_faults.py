@@ -90,9 +90,10 @@ def test_writer_killed_mid_transaction_and_idle_run_completes(db: Db, nq_bars: p
     assert db.events().equals(expected)
 
 
-def test_reader_killed_mid_read_run_completes(db: Db, nq_bars: pl.DataFrame) -> None:
+@pytest.mark.parametrize("reader", ["connectorx", "adbc"])
+def test_reader_killed_mid_read_run_completes(db: Db, nq_bars: pl.DataFrame, reader: str) -> None:
     db.load(nq_bars)
-    range_ = dict(start="2025-11-20", end="2025-11-21")
+    range_ = dict(start="2025-11-20", end="2025-11-21", reader=reader)
     expected = clean_run(db, **range_)
     kill = LockedKill(db.server, db.bars_table, READER_NAME)
     summary = backfill(db.settings(**range_))

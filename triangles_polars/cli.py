@@ -206,6 +206,16 @@ def backfill(
     resume: Annotated[
         bool, typer.Option("--resume/--restart", help="Skip chunks an unfinished identical run committed.")
     ] = True,
+    reader: Annotated[
+        str,
+        typer.Option(
+            "--reader", help="How bars are read: connectorx (default) or adbc (binary COPY, faster)."
+        ),
+    ] = "connectorx",
+    slice_days: Annotated[
+        int,
+        typer.Option("--slice-days", help="Days of bars per connectorx read (memory is bounded by a slice)."),
+    ] = 183,
     export: Annotated[
         Path | None,
         typer.Option("--export", help="Also write the events as Parquet under DIR.", show_default=False),
@@ -249,6 +259,8 @@ def backfill(
             backoff_s=backoff,
             resume=resume,
             export_dir=export,
+            reader=reader,  # type: ignore[arg-type]
+            slice_days=slice_days,
         )
         from triangles_polars.progress import BarProgress
 
@@ -433,6 +445,8 @@ def server_stop() -> None:
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("RUST_LOG", "off")  # connectorx's pool logs connect errors itself
+    if not os.environ.get("TRIANGLES_DEBUG"):
+        os.environ["RUST_BACKTRACE"] = "0"  # no Rust backtraces for users either
     try:
         result = app(standalone_mode=False)
     except typer.Abort:

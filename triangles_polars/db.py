@@ -231,15 +231,19 @@ def with_retries(
     except BaseException as exc:
         if isinstance(exc, SystemExit | GeneratorExit):
             raise
-        if was_interrupted(exc):
-            raise KeyboardInterrupt from None
-        error = classify(exc, what, url)
-        if is_transient(exc):
-            raise RetriesExhausted(
-                f"{what}: database unreachable after {policy.max_retries} retries "
-                f"({redact(first_line(str(exc)), url)})"
-            ) from None
-        raise error from None
+        raise give_up(exc, what, policy, url) from None
+
+
+def give_up(exc: BaseException, what: str, policy: RetryPolicy, url: str | None) -> BaseException:
+    """The exception to raise for a failure that will not be retried (any more)."""
+    if was_interrupted(exc):
+        return KeyboardInterrupt()
+    if is_transient(exc):
+        return RetriesExhausted(
+            f"{what}: database unreachable after {policy.max_retries} retries "
+            f"({redact(first_line(str(exc)), url)})"
+        )
+    return classify(exc, what, url)
 
 
 # ---------------------------------------------------------------------------- connections

@@ -35,9 +35,8 @@ from triangles_polars.source import (
     check_bars_table,
     first_duplicate,
     has_unique_key,
-    read_bars,
+    stream_bars,
     symbol_has_bars,
-    time_slices,
 )
 from triangles_polars.stream import DetectionResult, StreamingDetector, merge_counts
 
@@ -78,11 +77,11 @@ class RunSummary:
 class Progress:
     """Observer of a run; the default does nothing. The CLI subclasses it with a progress bar."""
 
-    def start(self, slices: int) -> None:
-        """The run starts; bars are read in ``slices`` time slices."""
+    def start(self, total: float) -> None:
+        """The run starts; ``total`` is the span of bar time to cover, in seconds."""
 
-    def advance(self, slices_done: int, *, bars: int, events: int, chunks: int) -> None:
-        """A slice was read, detected and its complete chunks written."""
+    def advance(self, done: float, *, bars: int, events: int, chunks: int) -> None:
+        """Bars up to ``done`` seconds into the span were detected and their chunks queued."""
 
     def retry(self, error: BaseException) -> None:
         """A connection error is being retried."""
@@ -108,23 +107,17 @@ def compute_events(
     return detector.push(bars)
 
 
-class SliceReader:
-    """Reads time slices of bars in a background thread, ``depth`` slices ahead of the consumer.
+class BatchReader:
+    """Pulls bar batches from a stream in a background thread, ``depth`` batches ahead.
 
-    connectorx releases the GIL while it reads, so reading the next slice overlaps detecting and
-    writing the current one; memory holds at most ``depth + 1`` slices.
+    connectorx releases the GIL while it reads, so reading the next batch overlaps detecting and
+    writing the current one; memory holds at most ``depth + 1`` batches.
     """
 
     _DONE = object()
 
-    def __init__(
-        self,
-        read_slice: Callable[[datetime, datetime], pl.DataFrame],
-        slices: list[tuple[datetime, datetime]],
-        depth: int,
-    ) -> None:
-        self._read_slice = read_slice
-        self._slices = slices
+    def __init__(self, batches: Iterator[pl.DataFrame], depth: int) -> None:
+        self._batches = batches
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self.busy_s = 0.0
@@ -133,13 +126,13 @@ class SliceReader:
 
     def _run(self) -> None:
         try:
-            for lo, hi in self._slices:
+            tick = time.perf_counter()
+            for bars in self._batches:
+                self.busy_s += time.perf_counter() - tick
                 if self._stop.is_set():
                     return
-                tick = time.perf_counter()
-                bars = self._read_slice(lo, hi)
-                self.busy_s += time.perf_counter() - tick
                 self._put(bars)
+                tick = time.perf_counter()
             self._put(self._DONE)
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(exc)
@@ -249,7 +242,7 @@ def backfill(
 ) -> RunSummary:
     """Run the whole job for one symbol and range; see SPEC §4–5.
 
-    Bars stream in time slices (``settings.slice_days``) through hygiene and detection; events
+    Bars stream in batches (see :func:`stream_bars`) through hygiene and detection; events
     are cut into chunks and each chunk is written as one transaction as soon as it is complete.
     Raises :class:`BadInput` (exit 2), :class:`DatabaseUnavailable` / :class:`RetriesExhausted`
     (exit 3). Committed chunks stay committed on any failure; the same call resumes after them.
@@ -301,7 +294,6 @@ def backfill(
             "fix the bars table (primary key (symbol, ts))"
         )
 
-    slices = time_slices(settings.anchor_ts, settings.range_end, settings.slice_days)
     detector = StreamingDetector(
         settings.symbol,
         settings.strength,
@@ -313,9 +305,16 @@ def backfill(
     )
     chunker = Chunker(settings.range_start, settings.range_end, settings.chunk_events)
     writer = EventWriter(url, settings, policy, on_retry=progress.retry)
-    reader = SliceReader(
-        lambda lo, hi: read_bars(url, settings, ts_type, lo, hi, policy, count_read_retry),
-        slices,
+    reader = BatchReader(
+        stream_bars(
+            url,
+            settings,
+            ts_type,
+            settings.anchor_ts,
+            settings.range_end,
+            policy,
+            count_read_retry,
+        ),
         settings.prefetch,
     )
     sink = WriterThread(writer, on_chunk, settings.prefetch)
@@ -323,9 +322,10 @@ def backfill(
     by_rule: dict[str, int] = {}
     detect_s = 0.0
 
-    progress.start(len(slices))
+    span_s = (settings.range_end - settings.anchor_ts).total_seconds()
+    progress.start(span_s)
     try:
-        for done, bars in enumerate(reader, start=1):
+        for bars in reader:
             tick = time.perf_counter()
             result = detector.push(bars)
             detect_s += time.perf_counter() - tick
@@ -334,6 +334,7 @@ def backfill(
             events_n += result.events.height
             merge_counts(by_rule, result.bad_by_rule)
             sink.submit(chunker.add(result.events))
+            done = (bars["ts"][-1] - settings.anchor_ts).total_seconds()
             progress.advance(done, bars=bars_n, events=events_n, chunks=writer.stats.chunks)
         # Bad input that only the whole window reveals; nothing was written in these cases.
         if bars_n == 0:

@@ -21,8 +21,8 @@ class BarProgress(Progress):
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
-                MofNCompleteColumn,
                 SpinnerColumn,
+                TaskProgressColumn,
                 TextColumn,
                 TimeElapsedColumn,
             )
@@ -34,7 +34,7 @@ class BarProgress(Progress):
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                TaskProgressColumn(),
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
@@ -47,18 +47,18 @@ class BarProgress(Progress):
         if self._bar is not None:
             self._bar.stop()
 
-    def start(self, slices: int) -> None:
+    def start(self, total: float) -> None:
         if self._bar is not None:
-            self._task = self._bar.add_task("backfill", total=slices, info="")
+            self._task = self._bar.add_task("backfill", total=total, info="")
 
-    def advance(self, slices_done: int, *, bars: int, events: int, chunks: int) -> None:
+    def advance(self, done: float, *, bars: int, events: int, chunks: int) -> None:
         if self._bar is None or self._task is None:
             return
         elapsed = self._bar.tasks[-1].elapsed or 0
         rate = f"  {bars / elapsed:,.0f} bars/s" if elapsed > 0 else ""
         retries = f"  retries {self.retries}" if self.retries else ""
         info = f"{bars:,} bars  {events:,} events  {chunks} chunks{retries}{rate}"
-        self._bar.update(self._task, completed=slices_done, info=info)
+        self._bar.update(self._task, completed=done, info=info)
 
     def retry(self, error: BaseException) -> None:
         self.retries += 1

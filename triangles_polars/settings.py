@@ -25,9 +25,9 @@ DEFAULT_ANCHOR_DAYS = 7
 DEFAULT_CHUNK_EVENTS = 50_000
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_BACKOFF_S = 0.5
-# Bars are read in time slices of this many days (memory is bounded by a slice, not the
-# history), two slices ahead of detection; see benchmarks/README.md for the measurements.
-DEFAULT_SLICE_DAYS = 92
+# connectorx reads bars in time slices of this many days (memory is bounded by a slice, not
+# the history), up to two slices ahead of detection; see benchmarks/README.md for measurements.
+DEFAULT_SLICE_DAYS = 183
 DEFAULT_PREFETCH = 2
 MAX_STRENGTH = 10_000
 
@@ -36,6 +36,7 @@ BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
 TsConvention = Literal["open", "close"]
 HygieneProfile = Literal["basic", "full"]
 WriteMode = Literal["replace", "append"]
+Reader = Literal["connectorx", "adbc"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|d)\s*$")
@@ -285,6 +286,7 @@ class BackfillSettings:
     resume: bool = True
     export_dir: str | Path | None = None
     slice_days: int = DEFAULT_SLICE_DAYS
+    reader: Reader = "connectorx"
     prefetch: int = DEFAULT_PREFETCH
 
     # Derived, set in __post_init__.
@@ -328,6 +330,8 @@ class BackfillSettings:
         profile = self.hygiene or ("basic" if self.ts_convention == "open" else "full")
         if profile not in ("basic", "full"):
             raise BadInput(f"unknown hygiene profile {profile!r}: use basic or full")
+        if self.reader not in ("connectorx", "adbc"):
+            raise BadInput(f"unknown reader {self.reader!r}: use connectorx or adbc")
         if self.mode not in ("replace", "append"):
             raise BadInput(f"unknown mode {self.mode!r}: use replace or append")
         split_table_name(self.bars_table, "bars table name")

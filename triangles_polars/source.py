@@ -7,7 +7,8 @@ Polars is cheaper than on the server, and duplicate timestamps are reported, not
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,8 @@ from triangles_polars.db import (
     close_quietly,
     connect,
     fetch_all,
+    give_up,
+    is_transient,
     qualified,
     quote_ident,
     quote_literal,
@@ -79,18 +82,33 @@ def _ts_literal(value: datetime, ts_type: str) -> str:
     return f"'{value.replace(tzinfo=None).isoformat()}'::timestamp"
 
 
-def bars_query(settings: BackfillSettings, ts_type: str, lo: datetime, hi: datetime) -> str:
-    """SQL for the bars with open time in ``[lo, hi)`` (stored ts shifted for the close convention)."""
+def bars_query(
+    settings: BackfillSettings,
+    ts_type: str,
+    lo: datetime,
+    hi: datetime,
+    *,
+    after: datetime | None = None,
+    ordered: bool = False,
+) -> str:
+    """SQL for the bars with open time in ``[lo, hi)``, or in ``(after, hi)`` to resume a stream.
+
+    The stored ts is shifted for the close convention; ``ordered`` adds ``ORDER BY ts``.
+    """
     col = settings.column_map
-    shift = settings.interval if settings.ts_convention == "close" else None
-    stored_lo, stored_hi = (lo + shift, hi + shift) if shift else (lo, hi)
+    shift = settings.interval if settings.ts_convention == "close" else timedelta(0)
+    ts = quote_ident(col["ts"])
+    lower = (
+        f"{ts} > {_ts_literal(after + shift, ts_type)}"
+        if after
+        else f"{ts} >= {_ts_literal(lo + shift, ts_type)}"
+    )
     schema, table = settings.bars_table_parts
     prices = ", ".join(f"{quote_ident(col[c])}::float8 AS {c}" for c in ("open", "high", "low", "close"))
     return (
-        f"SELECT {quote_ident(col['ts'])} AS ts, {prices} FROM {qualified(schema, table)} "
+        f"SELECT {ts} AS ts, {prices} FROM {qualified(schema, table)} "
         f"WHERE {quote_ident(col['symbol'])} = {quote_literal(settings.symbol)} "
-        f"AND {quote_ident(col['ts'])} >= {_ts_literal(stored_lo, ts_type)} "
-        f"AND {quote_ident(col['ts'])} < {_ts_literal(stored_hi, ts_type)}"
+        f"AND {lower} AND {ts} < {_ts_literal(hi + shift, ts_type)}" + (f" ORDER BY {ts}" if ordered else "")
     )
 
 
@@ -143,6 +161,85 @@ def read_bars(
     return normalise_bars(raw, settings)
 
 
+def stream_bars(
+    url: str,
+    settings: BackfillSettings,
+    ts_type: str,
+    lo: datetime,
+    hi: datetime,
+    policy: RetryPolicy,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> Iterator[pl.DataFrame]:
+    """Bars with open time in ``[lo, hi)`` as sorted batches in time order; memory holds a batch.
+
+    ``connectorx`` (the default reader): one query per time slice of ``settings.slice_days``,
+    each read whole (connectorx releases the GIL only for whole reads, not for its Arrow
+    stream) and sorted in Polars. ``adbc``: one ``ORDER BY ts`` query streamed as record
+    batches over PostgreSQL's binary COPY; the session disables explicit sorts so the server
+    walks the (symbol, ts) index instead of sorting the range.
+
+    A dropped connection resumes after the last bar received, with the same backoff and retry
+    budget as every other call (the budget refills once bars flow again).
+    """
+    reader_url = with_application_name(url, READER_NAME)
+    last: datetime | None = None
+    failures = 0
+    while True:
+        try:
+            if settings.reader == "adbc":
+                query = bars_query(settings, ts_type, lo, hi, after=last, ordered=True)
+                batches = (
+                    normalise_bars(pl.from_arrow(b), settings) for b in _adbc_batches(reader_url, query)
+                )
+            else:
+                batches = _connectorx_slices(reader_url, settings, ts_type, lo, hi, last)
+            for bars in batches:
+                if bars.height:
+                    last = bars["ts"][-1]
+                    failures = 0
+                    yield bars
+            return
+        except (GeneratorExit, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            if not is_transient(exc) or failures >= policy.max_retries:
+                raise give_up(exc, "reading bars", policy, url) from None
+            failures += 1
+            if on_retry is not None:
+                on_retry(exc)
+            time.sleep(min(policy.backoff_s * 2 ** (failures - 1), policy.max_backoff_s))
+
+
+def _connectorx_slices(
+    url: str, settings: BackfillSettings, ts_type: str, lo: datetime, hi: datetime, after: datetime | None
+) -> Iterator[pl.DataFrame]:
+    """Whole-slice connectorx reads of ``(after or lo) .. hi``, ``settings.slice_days`` at a time."""
+    import connectorx as cx
+
+    step = timedelta(days=settings.slice_days)
+    start = lo
+    while start < hi:
+        stop = min(start + step, hi)
+        if after is None or after < stop:
+            query = bars_query(
+                settings, ts_type, start, stop, after=after if after and after >= start else None
+            )
+            yield normalise_bars(cx.read_sql(url, query, return_type="polars"), settings)  # type: ignore[arg-type]
+        start = stop
+
+
+def _adbc_batches(url: str, query: str) -> Iterator[Any]:
+    """Record batches of a query through ADBC (PostgreSQL's binary COPY, ~16 MB each)."""
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET enable_sort = off")
+            cur.execute(query)
+            yield from cur.fetch_record_batch()
+    finally:
+        close_quietly(conn)
+
+
 def symbol_has_bars(url: str, settings: BackfillSettings) -> bool:
     """Whether the symbol has any bars at all (for a clearer 'no bars' message)."""
     schema, table = settings.bars_table_parts
@@ -189,13 +286,3 @@ def first_duplicate(cur: Any, settings: BackfillSettings, ts_type: str, lo: date
     )
     rows = fetch_all(cur, f"SELECT ts FROM ({inner}) b GROUP BY ts HAVING count(*) > 1 ORDER BY ts LIMIT 1")
     return rows[0][0] if rows else None
-
-
-def time_slices(lo: datetime, hi: datetime, days: int) -> list[tuple[datetime, datetime]]:
-    """``[lo, hi)`` cut into consecutive slices of ``days`` days (the last one shorter)."""
-    step = timedelta(days=days)
-    out = []
-    while lo < hi:
-        out.append((lo, min(lo + step, hi)))
-        lo = lo + step
-    return out

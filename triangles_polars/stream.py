@@ -63,44 +63,45 @@ class StreamingDetector:
 
     def push(self, bars: pl.DataFrame) -> DetectionResult:
         """Process the next slice (sorted by ts, unique, later than every earlier slice)."""
+        k = self.strength
         context = self.hygiene_tail.height
-        combined = pl.concat([self.hygiene_tail, bars.select(BAR_COLUMNS)])
-        flagged = flag_bars(combined.lazy(), self.profile, self.thresholds).collect().slice(context)
+        combined = pl.concat([self.hygiene_tail, bars.select(BAR_COLUMNS)]).lazy()
+        flagged = flag_bars(combined, self.profile, self.thresholds).slice(context)
 
         passed_early = ~(pl.col("bad_ohlc_integrity") | pl.col("bad_price"))
-        if self.profile == "full":
-            window = self.thresholds.reference_window
-            self.hygiene_tail = pl.concat(
-                [self.hygiene_tail, flagged.filter(passed_early).select(BAR_COLUMNS)]
-            ).tail(window)
-
-        good = flagged.filter(~pl.col("is_bad")).select(BAR_COLUMNS)
+        hygiene_tail = pl.concat(
+            [self.hygiene_tail.lazy(), flagged.filter(passed_early).select(BAR_COLUMNS)]
+        ).tail(self.thresholds.reference_window if self.profile == "full" else 0)
         first_new = self.next_pos
-        good = good.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + first_new).alias("pos"))
-        sequence = pl.concat([self.good_tail, good.select(self.good_tail.columns)])
-        self.next_pos += good.height
-        self.good_tail = sequence.tail(2 * self.strength)
-
-        k = self.strength
-        pivots = (
-            find_pivots(sequence.lazy(), k, self.bar_interval)
-            .filter(pl.col("pos") + k >= first_new)  # confirmed by a bar of this slice
-            .collect()
+        good = (
+            flagged.filter(~pl.col("is_bad"))
+            .select(BAR_COLUMNS)
+            .with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + first_new).alias("pos"))
         )
+        sequence = pl.concat([self.good_tail.lazy(), good.select(self.good_tail.columns)])
+        pivots = find_pivots(sequence, k, self.bar_interval).filter(pl.col("pos") + k >= first_new)
         if self.pivot_tail is not None:
-            pivots = pl.concat([self.pivot_tail, pivots])
-        self.pivot_tail = pivots.tail(2)
+            pivots = pl.concat([self.pivot_tail.lazy(), pivots])
         events = confirmed_between(
-            triangles_from_pivots(pivots.lazy(), self.symbol, self.strength),
-            self.start,
-            self.end_exclusive,
-        ).collect()
-
-        counts = count_bad_bars(flagged.lazy(), self.thresholds).collect().row(0, named=True)
+            triangles_from_pivots(pivots, self.symbol, self.strength), self.start, self.end_exclusive
+        )
+        # One collect for everything: Polars computes the shared hygiene sub-plan once.
+        events_df, counts_df, self.hygiene_tail, self.good_tail, self.pivot_tail, good_n = pl.collect_all(
+            [
+                events,
+                count_bad_bars(flagged, self.thresholds),
+                hygiene_tail,
+                sequence.tail(2 * k),
+                pivots.tail(2),
+                good.select(pl.len()),
+            ]
+        )
+        self.next_pos += int(good_n.item())
+        counts = counts_df.row(0, named=True)
         bars_n = int(counts.pop("bars"))
         bad = int(counts.pop("bad_bars") or 0)
         return DetectionResult(
-            events=events.cast(EVENT_SCHEMA),
+            events=events_df.cast(EVENT_SCHEMA),
             bars=bars_n,
             bad_bars=bad,
             bad_by_rule={code: int(n) for code, n in counts.items() if n},
