@@ -84,6 +84,7 @@ def test_random_kills_leave_the_table_identical_to_a_clean_run(db: Db, nq_bars: 
         assert after.select("symbol", "strength", "c_ts", "c_kind").is_duplicated().sum() == 0
     assert sum(total.values()) >= TARGET_KILLS, total
     assert total[WRITER_NAME] > 0
+    print(f"\nchaos: {runs} runs, {sum(total.values())} kills survived ({total}), every table identical")
 
 
 def test_ctrl_c_mid_run_stops_cleanly_and_the_rerun_resumes(db: Db, nq_bars: pl.DataFrame) -> None:

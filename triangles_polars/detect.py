@@ -127,10 +127,3 @@ def confirmed_between(events: pl.LazyFrame, start: datetime, end: datetime) -> p
         (pl.col("confirmed_at") >= pl.lit(start, pl.Datetime("us", "UTC")))
         & (pl.col("confirmed_at") < pl.lit(end, pl.Datetime("us", "UTC")))
     )
-
-
-def detect_events(
-    good_bars: pl.LazyFrame, symbol: str, strength: int, bar_interval: timedelta
-) -> pl.LazyFrame:
-    """Good bars → all triangle events they determine, in sequence order."""
-    return triangles_from_pivots(find_pivots(good_bars, strength, bar_interval), symbol, strength)

@@ -60,15 +60,6 @@ def parse_duration(text: str | timedelta) -> timedelta:
     return value
 
 
-def format_duration(value: timedelta) -> str:
-    """Inverse of :func:`parse_duration` for display (``timedelta(minutes=5)`` → ``"5m"``)."""
-    seconds = int(value.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 def parse_instant(text: str | date | datetime, what: str) -> tuple[datetime, bool]:
     """Parse a UTC day or a timestamp. Returns ``(instant, is_whole_day)``.
 

@@ -444,15 +444,3 @@ class EventWriter:
 def _delete_count(cur: Any, sql: str, params: tuple[Any, ...]) -> int:
     cur.execute(f"WITH d AS ({sql} RETURNING 1) SELECT count(*) FROM d", parameters=params)
     return int(cur.fetchone()[0])
-
-
-def fetch_events(conn: Any, settings: BackfillSettings) -> pl.DataFrame:
-    """Events of the run's symbol and strength confirmed in its range, as stored."""
-    schema, table = settings.events_table_parts
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
-            "AND confirmed_at >= $3 AND confirmed_at < $4 ORDER BY confirmed_at, c_ts, c_kind",
-            parameters=(settings.symbol, settings.strength, settings.range_start, settings.range_end),
-        )
-        return pl.from_arrow(cur.fetch_arrow_table())

@@ -23,10 +23,10 @@ from triangles_polars.detect import (
     find_pivots,
     triangles_from_pivots,
 )
-from triangles_polars.hygiene import RULE_COLUMNS, count_bad_bars, flag_bars
+from triangles_polars.hygiene import OHLC, count_bad_bars, flag_bars
 from triangles_polars.settings import HygieneProfile, Thresholds
 
-BAR_COLUMNS = ["ts", "open", "high", "low", "close"]
+BAR_COLUMNS = ["ts", *OHLC]  # what hygiene and detection read of a bar
 
 
 @dataclass
@@ -115,4 +115,4 @@ def merge_counts(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:
     return total
 
 
-__all__ = ["RULE_COLUMNS", "DetectionResult", "StreamingDetector", "merge_counts"]
+__all__ = ["DetectionResult", "StreamingDetector", "merge_counts"]

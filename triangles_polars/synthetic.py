@@ -210,17 +210,9 @@ def _to_tick(x: np.ndarray) -> np.ndarray:
 
 
 def _empty_frame() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "symbol": pl.String,
-            "ts": pl.Datetime("us", "UTC"),
-            "open": pl.Float64,
-            "high": pl.Float64,
-            "low": pl.Float64,
-            "close": pl.Float64,
-            "volume": pl.Int64,
-        }
-    )
+    from triangles_polars.bars import BAR_TABLE_SCHEMA
+
+    return pl.DataFrame(schema=BAR_TABLE_SCHEMA)
 
 
 def generate_bars(
