@@ -261,8 +261,12 @@ class EventWriter:
         close_quietly(self._conn)
         self._conn = None
 
-    def _transaction(self, what: str, body: Callable[[Any], Any]) -> Any:
-        """Run ``body(cursor)`` and commit, as one transaction, retried on connection errors."""
+    def _transaction(self, what: str, body: Callable[[Any], Any], *, counts: bool = True) -> Any:
+        """Run ``body(cursor)`` and commit, as one transaction, retried on connection errors.
+
+        ``counts``: whether the commit counts in the summary (chunks and purge do; bookkeeping
+        and DDL do not).
+        """
 
         def attempt() -> Any:
             conn = self._connection()
@@ -282,7 +286,7 @@ class EventWriter:
                 self.on_retry(exc)
 
         result = with_retries(attempt, what, self.policy, self.url, retried)
-        self.stats.commits += 1
+        self.stats.commits += counts
         return result
 
     def close(self) -> None:
@@ -293,8 +297,9 @@ class EventWriter:
 
     def prepare(self) -> None:
         """Create tables if missing."""
-        self._transaction("creating the events table", lambda cur: ensure_tables(cur, self.settings))
-        self.stats.commits -= 1  # DDL is not a chunk commit
+        self._transaction(
+            "creating the events table", lambda cur: ensure_tables(cur, self.settings), counts=False
+        )
 
     def begin_run(self) -> dict[int, tuple[datetime, datetime, int]]:
         """Register the run; return the chunks already committed by an unfinished earlier attempt."""
@@ -331,9 +336,7 @@ class EventWriter:
             )
             return done
 
-        done = self._transaction("starting the run", body)
-        self.stats.commits -= 1
-        return done
+        return self._transaction("starting the run", body, counts=False)
 
     def purge(self, done: dict[int, tuple[datetime, datetime, int]]) -> None:
         """Delete every event of the symbol and strength confirmed in the range (once per run)."""
@@ -358,9 +361,11 @@ class EventWriter:
         s = self.settings
         table = chunk.events.to_arrow()
 
-        def body(cur: Any) -> None:
+        def body(cur: Any) -> tuple[int, int]:
+            """Returns (rows deleted, rows inserted); counted only once the commit succeeded."""
+            deleted = inserted = 0
             if s.mode == "replace":
-                self.stats.rows_deleted += _delete_count(cur, *self._replace_delete(chunk))
+                deleted = _delete_count(cur, *self._replace_delete(chunk))
                 if chunk.size:
                     cur.adbc_ingest(
                         self.settings.events_table_parts[1],
@@ -368,7 +373,7 @@ class EventWriter:
                         mode="append",
                         db_schema_name=self.schema,
                     )
-                    self.stats.rows_inserted += chunk.size
+                    inserted = chunk.size
             elif chunk.size:
                 cur.execute(
                     f"CREATE TEMP TABLE IF NOT EXISTS triangles_stage (LIKE {self.table}) ON COMMIT DELETE ROWS"
@@ -378,10 +383,13 @@ class EventWriter:
                     f"WITH ins AS (INSERT INTO {self.table} SELECT * FROM triangles_stage "
                     "ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
                 )
-                self.stats.rows_inserted += int(cur.fetchone()[0])
+                inserted = int(cur.fetchone()[0])
             self._record(cur, chunk.chunk_no, chunk.span_start, chunk.span_end, chunk.size)
+            return deleted, inserted
 
-        self._transaction(f"writing chunk {chunk.chunk_no + 1}", body)
+        deleted, inserted = self._transaction(f"writing chunk {chunk.chunk_no + 1}", body)
+        self.stats.rows_deleted += deleted
+        self.stats.rows_inserted += inserted
         self.stats.chunks += 1
 
     # -- helpers
@@ -437,8 +445,7 @@ class EventWriter:
                 parameters=(self.key, total),
             )
 
-        self._transaction("finishing the run", body)
-        self.stats.commits -= 1
+        self._transaction("finishing the run", body, counts=False)
 
 
 def _delete_count(cur: Any, sql: str, params: tuple[Any, ...]) -> int:
