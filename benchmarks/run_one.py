@@ -1,7 +1,10 @@
 """Worker: run one contender once, in its own process, and print one JSON line.
 
-    python -m benchmarks.run_one {product,baseline,floor} --bars-table T --events-table T \
-        --first-day YYYY-MM-DD --last-day YYYY-MM-DD [--source-events-table T]
+    python -m benchmarks.run_one {product,product_adbc,baseline,floor} --bars-table T \
+        --events-table T --first-day YYYY-MM-DD --last-day YYYY-MM-DD [--source-events-table T]
+
+``product`` is ``backfill`` with its default settings (the connectorx reader, in time slices);
+``product_adbc`` the same with ``reader="adbc"`` (one query streamed over binary COPY).
 
 The database URL comes from the ``BENCH_DATABASE_URL`` environment variable (never argv, so a
 password stays out of process listings). The full-history range is START = first day + 7 days,
@@ -26,7 +29,9 @@ from typing import Any
 
 from benchmarks.common import STRENGTH, SYMBOL, URL_ENV, Size, peak_rss_kb
 
-CONTENDERS = ("product", "baseline", "floor")
+CONTENDERS = ("product", "product_adbc", "baseline", "floor")
+# The product's contenders: settings that differ from the defaults.
+PRODUCT_VARIANTS: dict[str, dict[str, Any]] = {"product": {}, "product_adbc": {"reader": "adbc"}}
 
 
 def _product(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
@@ -42,6 +47,7 @@ def _product(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
         database_url=url,
         bars_table=args.bars_table,
         events_table=args.events_table,
+        **PRODUCT_VARIANTS[args.contender],
     )
     began = time.perf_counter()
     summary = backfill(settings)
@@ -58,6 +64,12 @@ def _product(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
         "retries": summary.retries,
         "rows_inserted": summary.rows_inserted,
         "summary_duration_s": summary.duration_s,
+        "settings": {
+            "reader": settings.reader,
+            "slice_days": settings.slice_days,
+            "prefetch": settings.prefetch,
+            "chunk_events": settings.chunk_events,
+        },
     }
 
 
@@ -116,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     if not url:
         parser.error(f"set {URL_ENV} to the database URL")
     size = Size("run", args.first_day, args.last_day, 0.0)
-    run = {"product": _product, "baseline": _baseline, "floor": _floor}[args.contender]
+    run = {"product": _product, "product_adbc": _product, "baseline": _baseline, "floor": _floor}[
+        args.contender
+    ]
     result = run(url, size, args)
     result["contender"] = args.contender
     result["ru_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

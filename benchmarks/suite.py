@@ -2,8 +2,9 @@
 
 For each size of history it makes sure the bars table exists (created once, reused), then runs
 each contender in a process of its own (``python -m benchmarks.run_one``) on the same bars and
-server: the product, the floor (binary COPY out and in) and the field report's baseline. It checks
-that the baseline and the product wrote identical events, runs the field report's 1-day
+server: the product (default settings), the product with ``reader="adbc"`` (``product_adbc``),
+the floor (binary COPY out and in) and the field report's baseline. It checks that the baseline
+and both product contenders wrote identical events, runs the field report's 1-day
 incremental command through the real ``triangles`` CLI (timed from outside, process start
 included), and writes a JSON file, a chart and the README table. See benchmarks/README.md.
 """
@@ -42,7 +43,9 @@ from benchmarks.common import (
     table,
 )
 
-ALL_CONTENDERS = ("product", "floor", "baseline", "daily")
+ALL_CONTENDERS = ("product", "product_adbc", "floor", "baseline", "daily")
+# The product's contenders, measured alike (``product`` = default settings, the headline).
+PRODUCTS = ("product", "product_adbc")
 QUICK_SIZES = (Size.of_days(14), Size.of_days(42))
 DEFAULT_YEARS = (1, 4, 16)
 WORKER_TIMEOUT_S = 4 * 3600.0
@@ -108,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         metavar="N",
-        help="runs of the product and the floor per size; the median is reported "
+        help="runs of each product contender and of the floor per size; the median is reported "
         "(default: 3, 1 with --quick; the baseline runs once)",
     )
     parser.add_argument(
@@ -247,6 +250,23 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
+def ratio_keys(name: str) -> dict[str, str]:
+    """Keys of a product contender's ratios in ``entry["ratios"]`` (``product`` keeps the old ones)."""
+    if name == "product":
+        return {
+            "over_floor": "product_over_floor",
+            "read": "read_over_read_floor",
+            "write": "write_over_write_floor",
+            "baseline": "baseline_over_product",
+        }
+    return {
+        "over_floor": f"{name}_over_floor",
+        "read": f"{name}_read_over_read_floor",
+        "write": f"{name}_write_over_write_floor",
+        "baseline": f"baseline_over_{name}",
+    }
+
+
 # ---------------------------------------------------------------------------- checks
 
 
@@ -279,7 +299,7 @@ def compare_events(
 def run_size(url: str, args: argparse.Namespace, size: Size, workload: dict[str, Any]) -> dict[str, Any]:
     schema = args.schema
     bars_table = workload["bars_table"]
-    tables = {name: table(schema, f"ev_{name}_{size.label}") for name in ("product", "baseline", "floor")}
+    tables = {name: table(schema, f"ev_{name}_{size.label}") for name in (*PRODUCTS, "baseline", "floor")}
     entry: dict[str, Any] = {
         "size": size.label,
         "years": size.years,
@@ -303,23 +323,25 @@ def run_size(url: str, args: argparse.Namespace, size: Size, workload: dict[str,
     )
     contenders = set(args.contenders)
 
-    if "product" in contenders:
+    for name in PRODUCTS:
+        if name not in contenders:
+            continue
         runs = []
         for i in range(args.repeat):
             # The product creates its own table (as on a first run); each repeat starts empty.
-            pg_execute(url, f"DROP TABLE IF EXISTS {tables['product']}")
+            pg_execute(url, f"DROP TABLE IF EXISTS {tables[name]}")
             checkpoint(url)
-            run = run_worker(url, "product", size, bars_table, tables["product"])
+            run = run_worker(url, name, size, bars_table, tables[name])
             say(
-                f"    product   #{i + 1}: {run['e2e_s']:8.2f} s  {run['events']:,} events  {run['peak_rss_mb']} MB"
+                f"    {name:<12} #{i + 1}: {run['e2e_s']:8.2f} s  {run['events']:,} events  "
+                f"{run['peak_rss_mb']} MB"
             )
             runs.append(run)
-        entry["contenders"]["product"] = median_run(runs)
+        entry["contenders"][name] = median_run(runs)
 
     if "floor" in contenders:
-        source = (
-            tables["product"] if "product" in contenders else None
-        )  # the write floor re-loads the product's events
+        # The write floor re-loads the product's events (the default product's, else product_adbc's).
+        source = next((tables[name] for name in PRODUCTS if name in contenders), None)
         runs = []
         for i in range(args.repeat):
             create_events_table(url, tables["floor"])
@@ -327,7 +349,7 @@ def run_size(url: str, args: argparse.Namespace, size: Size, workload: dict[str,
             extra = {"source_events_table": source} if source else {}
             run = run_worker(url, "floor", size, bars_table, tables["floor"], **extra)
             say(
-                f"    floor     #{i + 1}: {run['e2e_s']:8.2f} s  "
+                f"    floor        #{i + 1}: {run['e2e_s']:8.2f} s  "
                 f"(read {run['stage_seconds'].get('read', 0):.2f}, write {run['stage_seconds'].get('write', 0):.2f})"
             )
             runs.append(run)
@@ -342,7 +364,9 @@ def run_size(url: str, args: argparse.Namespace, size: Size, workload: dict[str,
             checkpoint(url)
             run = run_worker(url, "baseline", size, bars_table, tables["baseline"])
             run.update(repeats=1, runs_e2e_s=[run["e2e_s"]], runs_peak_rss_mb=[run["peak_rss_mb"]])
-            say(f"    baseline    : {run['e2e_s']:8.2f} s  {run['events']:,} events  {run['peak_rss_mb']} MB")
+            say(
+                f"    baseline       : {run['e2e_s']:8.2f} s  {run['events']:,} events  {run['peak_rss_mb']} MB"
+            )
             entry["contenders"]["baseline"] = run
         else:
             entry["contenders"]["baseline"] = {
@@ -350,26 +374,46 @@ def run_size(url: str, args: argparse.Namespace, size: Size, workload: dict[str,
             }
 
     measured = {k: v for k, v in entry["contenders"].items() if "e2e_s" in v}
+    # Events: each product contender against the baseline, product_adbc against the product too.
     if "baseline" in measured and "product" in measured:
         check = compare_events(url, tables["baseline"], tables["product"])
         entry["checks"]["baseline_vs_product"] = check
         entry["events_identical"] = check["identical"]
     else:
         entry["events_identical"] = None
-    if "floor" in measured and "product" in measured and measured["floor"].get("events"):
-        entry["checks"]["floor_vs_product"] = compare_events(url, tables["floor"], tables["product"])
+    if "product_adbc" in measured:
+        if "baseline" in measured:
+            entry["checks"]["baseline_vs_product_adbc"] = compare_events(
+                url, tables["baseline"], tables["product_adbc"]
+            )
+        if "product" in measured:
+            entry["checks"]["product_adbc_vs_product"] = compare_events(
+                url, tables["product_adbc"], tables["product"]
+            )
+    adbc_checks = [c["identical"] for k, c in entry["checks"].items() if "product_adbc" in k]
+    entry["product_adbc_events_identical"] = all(adbc_checks) if adbc_checks else None
+    if "floor" in measured and measured["floor"].get("events"):
+        source = next((name for name in PRODUCTS if name in measured), None)
+        if source:
+            entry["checks"][f"floor_vs_{source}"] = compare_events(url, tables["floor"], tables[source])
 
-    product, floor, baseline = (measured.get(k) for k in ("product", "floor", "baseline"))
-    if product and floor and "write" in floor["stage_seconds"]:
-        entry["ratios"]["product_over_floor"] = round(product["e2e_s"] / floor["e2e_s"], 3)
-        entry["ratios"]["read_over_read_floor"] = round(
-            product["stage_seconds"]["read"] / floor["stage_seconds"]["read"], 3
+    floor, baseline = measured.get("floor"), measured.get("baseline")
+    for name in PRODUCTS:
+        product, keys = measured.get(name), ratio_keys(name)
+        if product and floor and "write" in floor["stage_seconds"]:
+            entry["ratios"][keys["over_floor"]] = round(product["e2e_s"] / floor["e2e_s"], 3)
+            entry["ratios"][keys["read"]] = round(
+                product["stage_seconds"]["read"] / floor["stage_seconds"]["read"], 3
+            )
+            entry["ratios"][keys["write"]] = round(
+                product["stage_seconds"]["write"] / floor["stage_seconds"]["write"], 3
+            )
+        if product and baseline:
+            entry["ratios"][keys["baseline"]] = round(baseline["e2e_s"] / product["e2e_s"], 2)
+    if "product" in measured and "product_adbc" in measured:
+        entry["ratios"]["product_over_product_adbc"] = round(
+            measured["product"]["e2e_s"] / measured["product_adbc"]["e2e_s"], 3
         )
-        entry["ratios"]["write_over_write_floor"] = round(
-            product["stage_seconds"]["write"] / floor["stage_seconds"]["write"], 3
-        )
-    if product and baseline:
-        entry["ratios"]["baseline_over_product"] = round(baseline["e2e_s"] / product["e2e_s"], 2)
     return entry
 
 
@@ -449,8 +493,9 @@ def run_daily(url: str, args: argparse.Namespace, size: Size, bars_table: str) -
         "all_runs": runs,
     }
     # The incremental run must give the same events as the full-history run for that day.
-    full = table(args.schema, f"ev_product_{size.label}")
-    if "product" in args.contenders:
+    source = next((name for name in PRODUCTS if name in args.contenders), None)
+    if source:
+        full = table(args.schema, f"ev_{source}_{size.label}")
         lo = datetime(DAILY_DAY.year, DAILY_DAY.month, DAILY_DAY.day, tzinfo=UTC)
         check = compare_events(
             url, events_table, full, "confirmed_at >= %s AND confirmed_at < %s", (lo, lo + timedelta(days=1))

@@ -1,8 +1,8 @@
 """The benchmark suite end to end at a tiny size (``python -m benchmarks --quick``).
 
-Runs every contender (baseline, product, floor) and the 1-day CLI run against the test server in
-a schema of its own, then checks that all of them wrote the same events and that the results JSON,
-chart and README section hold every figure. No timing is asserted: targets are only recorded.
+Runs every contender (baseline, product, product_adbc, floor) and the 1-day CLI run against the
+test server in a schema of its own, then checks that all of them wrote the same events and that the
+results JSON, chart and README section hold every figure. No timing is asserted: targets are only recorded.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ CONTENDER_FIGURES = (
 )
 STAGES = {
     "product": {"read", "detect", "write"},
+    "product_adbc": {"read", "detect", "write"},
     "baseline": {"read", "detect", "write"},
     "floor": {"read", "write"},
 }
@@ -54,6 +55,10 @@ DAILY_FIGURES = (
     "matches_full_history",
 )
 TARGET_IDS = {"e2e_vs_floor", "vs_baseline", "time_per_bar_flat", "peak_rss_growth", "daily_wall"}
+# Targets per product contender: the full-history ones for both, the 1-day CLI run for the default.
+TARGET_KEYS = {("daily_wall", "product")} | {
+    (key, name) for key in TARGET_IDS - {"daily_wall"} for name in ("product", "product_adbc")
+}
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +103,12 @@ def test_every_contender_writes_identical_events(quick_run):
     assert len(result["sizes"]) == 2
     for entry in result["sizes"]:
         contenders = entry["contenders"]
-        assert set(contenders) == {"product", "baseline", "floor"}
+        assert set(contenders) == {"product", "product_adbc", "baseline", "floor"}
         assert entry["events_identical"] is True, entry["checks"]
-        assert entry["checks"]["baseline_vs_product"]["identical"] is True
-        assert entry["checks"]["floor_vs_product"]["identical"] is True
+        assert entry["product_adbc_events_identical"] is True, entry["checks"]
+        for check in ("baseline_vs_product", "floor_vs_product", "baseline_vs_product_adbc"):
+            assert entry["checks"][check]["identical"] is True, check
+        assert entry["checks"]["product_adbc_vs_product"]["identical"] is True
         events = {name: contenders[name]["events"] for name in contenders}
         assert len(set(events.values())) == 1 and events["product"] > 0, events
         # Everyone read every bar of the table (bars from the first day up to the last one).
@@ -122,16 +129,28 @@ def test_results_json_has_every_figure(quick_run):
             assert not missing, (entry["size"], name, missing)
             assert set(figures["stage_seconds"]) >= STAGES[name], (name, figures["stage_seconds"])
             assert figures["e2e_s"] > 0 and figures["peak_rss_mb"] > 10
-        for ratio in ("product_over_floor", "baseline_over_product", "read_over_read_floor"):
+        for ratio in (
+            "product_over_floor",
+            "baseline_over_product",
+            "read_over_read_floor",
+            "product_adbc_over_floor",
+            "baseline_over_product_adbc",
+            "product_adbc_read_over_read_floor",
+            "product_over_product_adbc",
+        ):
             assert entry["ratios"][ratio] > 0, ratio
+        # The two product contenders differ only in the reader.
+        assert entry["contenders"]["product"]["settings"]["reader"] == "connectorx"
+        assert entry["contenders"]["product_adbc"]["settings"]["reader"] == "adbc"
     daily = result["daily"]
     missing = [k for k in DAILY_FIGURES if daily.get(k) is None]
     assert not missing, missing
     assert daily["runs"] == 2 and len(daily["all_runs"]) == 3
     assert daily["wall_s_median"] > daily["in_process_s_median"] > 0
     assert "2025-12-02 2025-12-02 5 2025-11-30T23:00:00Z" in daily["command"]
-    targets = {t["id"]: t for t in result["targets"]}
-    assert set(targets) == TARGET_IDS
+    targets = {(t["id"], t["contender"]): t for t in result["targets"]}
+    assert len(targets) == len(result["targets"]) and set(targets) == TARGET_KEYS
+    assert result["targets"][0]["contender"] == "product"  # the default configuration comes first
     for target in targets.values():
         assert target["measured"] is not None, target
         assert target["pass"] in (True, False), target
@@ -149,6 +168,8 @@ def test_chart_and_readme_are_written(quick_run):
     assert "## How to run" in text and "## Targets" in text
     generated = text.split("<!-- results:begin")[1].split("<!-- results:end -->")[0]
     assert "| 14d | product |" in generated and "| 42d | baseline (field report) |" in generated
+    assert "| 42d | product_adbc (--reader adbc) |" in generated
+    assert "| product_adbc (--reader adbc) | full history end to end" in generated
     assert "1-day incremental run" in generated
     assert "end_to_end.png" in generated
     assert text.count("<!-- results:end -->") == 1

@@ -228,11 +228,15 @@ def _connectorx_slices(
         start = stop
 
 
+ADBC_BATCH_BYTES = 8 * 1024 * 1024  # ~135k bars a batch: memory stays flat with history length
+
+
 def _adbc_batches(url: str, query: str) -> Iterator[Any]:
-    """Record batches of a query through ADBC (PostgreSQL's binary COPY, ~16 MB each)."""
+    """Record batches of a query through ADBC (PostgreSQL's binary COPY)."""
     conn = connect(url)
     try:
         with conn.cursor() as cur:
+            cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(ADBC_BATCH_BYTES)})
             cur.execute("SET enable_sort = off")
             cur.execute(query)
             yield from cur.fetch_record_batch()
