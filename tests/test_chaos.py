@@ -3,7 +3,9 @@
 A killer thread terminates the product's reader and writer backends (found by their
 ``application_name``) while they are busy, at random moments, during multi-chunk backfills.
 Every run must end with the events table identical, row for row, to a clean run's, and the
-summary's retry count must equal the kills that hit it. CI makes at least 20 kills; the opt-in
+summary's retry count must account for every kill: a kill inside an open transaction always
+costs one retry; a kill of a busy statement costs one unless it lands after the statement's last
+byte reached the product (then there is nothing to redo); no retry happens without a kill. CI makes at least 20 kills; the opt-in
 soak (``TRIANGLES_SOAK=1``, ``TRIANGLES_SOAK_KILLS=N``, default 200) makes N.
 """
 
@@ -37,23 +39,24 @@ class Killer(threading.Thread):
         self.server = server
         self.random = random.Random(seed)
         self.kills = {READER_NAME: 0, WRITER_NAME: 0}
+        self.in_transaction = 0  # kills that certainly broke an open transaction
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
             time.sleep(self.random.uniform(0.002, 0.03))
-            # Only backends in the middle of a statement or transaction: each kill then costs the
-            # product exactly one failed attempt, so retries must equal kills.
+            # Only backends in the middle of a statement or transaction, so that a kill hits work.
             rows = self.server.execute(
-                "SELECT application_name, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "SELECT application_name, state, pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = ANY($1) AND pid <> pg_backend_pid() "
                 "AND state IN ('active', 'idle in transaction') "
                 "AND query NOT ILIKE 'COMMIT%'",
                 ([READER_NAME, WRITER_NAME],),
             )
-            for name, killed in rows:
+            for name, state, killed in rows:
                 if killed:
                     self.kills[name] += 1
+                    self.in_transaction += state == "idle in transaction"
 
     def stop(self) -> int:
         self._stop_event.set()
@@ -67,7 +70,7 @@ def test_random_kills_leave_the_table_identical_to_a_clean_run(db: Db, nq_bars: 
     backfill(db.settings(**range_, events_table=f"{db.schema}.clean"))
     expected = db.events(table="clean")
     total = {READER_NAME: 0, WRITER_NAME: 0}
-    runs = 0
+    runs = noticed = 0
     while sum(total.values()) < TARGET_KILLS and runs < 20 * (TARGET_KILLS // 20 + 1):
         runs += 1
         killer = Killer(db.server, seed=runs)
@@ -78,13 +81,17 @@ def test_random_kills_leave_the_table_identical_to_a_clean_run(db: Db, nq_bars: 
             kills = killer.stop()
         for name, n in killer.kills.items():
             total[name] += n
-        assert summary.retries == kills, (summary.retries, killer.kills)
+        assert killer.in_transaction <= summary.retries <= kills, (summary.retries, killer.kills)
+        noticed += summary.retries
         after = db.events()
         assert after.equals(expected)
         assert after.select("symbol", "strength", "c_ts", "c_kind").is_duplicated().sum() == 0
     assert sum(total.values()) >= TARGET_KILLS, total
     assert total[WRITER_NAME] > 0
-    print(f"\nchaos: {runs} runs, {sum(total.values())} kills survived ({total}), every table identical")
+    print(
+        f"\nchaos: {runs} runs, {sum(total.values())} kills ({total}), {noticed} retries, "
+        "every table identical to a clean run"
+    )
 
 
 def test_ctrl_c_mid_run_stops_cleanly_and_the_rerun_resumes(db: Db, nq_bars: pl.DataFrame) -> None:
