@@ -182,12 +182,46 @@ def backfill(
         Path | None,
         typer.Option("--config", help="TOML file of per-instrument thresholds.", show_default=False),
     ] = None,
-    min_price: Annotated[float | None, typer.Option("--min-price", show_default=False)] = None,
-    discontinuity: Annotated[float | None, typer.Option("--discontinuity", show_default=False)] = None,
-    small_range: Annotated[float | None, typer.Option("--small-range", show_default=False)] = None,
-    big_gap: Annotated[float | None, typer.Option("--big-gap", show_default=False)] = None,
-    flat_gap: Annotated[float | None, typer.Option("--flat-gap", show_default=False)] = None,
-    reference_window: Annotated[int | None, typer.Option("--reference-window", show_default=False)] = None,
+    min_price: Annotated[
+        float | None,
+        typer.Option(
+            "--min-price", help="Rule 2: bars priced below this are bad (NQ: 1000).", show_default=False
+        ),
+    ] = None,
+    discontinuity: Annotated[
+        float | None,
+        typer.Option(
+            "--discontinuity",
+            help="Rule 3: max distance of any price from ref (NQ: 500).",
+            show_default=False,
+        ),
+    ] = None,
+    small_range: Annotated[
+        float | None,
+        typer.Option(
+            "--small-range", help="Rule 4: a bar with high - low <= this … (NQ: 5).", show_default=False
+        ),
+    ] = None,
+    big_gap: Annotated[
+        float | None,
+        typer.Option(
+            "--big-gap", help="Rule 4: … whose open is more than this from ref (NQ: 150).", show_default=False
+        ),
+    ] = None,
+    flat_gap: Annotated[
+        float | None,
+        typer.Option(
+            "--flat-gap", help="Rule 5: a flat bar this far from ref is bad (NQ: 50).", show_default=False
+        ),
+    ] = None,
+    reference_window: Annotated[
+        int | None,
+        typer.Option(
+            "--reference-window",
+            help="Rules 3-5: ref = median close of this many earlier bars (default 7).",
+            show_default=False,
+        ),
+    ] = None,
     mode: Annotated[
         str, typer.Option("--mode", help="replace: rewrite the range; append: add new keys only.")
     ] = "replace",
