@@ -297,6 +297,11 @@ def fetch_all(cur: Any, sql: str, params: tuple[Any, ...] | None = None) -> list
     return cur.fetchall()
 
 
+def table_exists(cur: Any, schema: str | None, table: str) -> bool:
+    """Whether a table is visible (on the search path, or in ``schema``)."""
+    return bool(fetch_all(cur, "SELECT to_regclass($1) IS NOT NULL", (qualified(schema, table),))[0][0])
+
+
 def table_columns(cur: Any, schema: str | None, table: str) -> dict[str, str] | None:
     """``{column: data_type}`` of a table visible on the search path, or None if it does not exist."""
     rows = fetch_all(
@@ -310,6 +315,5 @@ def table_columns(cur: Any, schema: str | None, table: str) -> dict[str, str] | 
         (qualified(schema, table),),
     )
     if not rows:
-        exists = fetch_all(cur, "SELECT to_regclass($1) IS NOT NULL", (qualified(schema, table),))
-        return {} if exists and exists[0][0] else None
+        return {} if table_exists(cur, schema, table) else None
     return {name: dtype for name, dtype in rows}

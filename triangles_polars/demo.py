@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from triangles_polars.db import close_quietly, connect, quote_ident, resolve_database_url
+from triangles_polars.db import close_quietly, connect, quote_ident, resolve_database_url, table_exists
 from triangles_polars.pipeline import Progress, backfill
 from triangles_polars.settings import BackfillSettings
 
@@ -29,8 +29,7 @@ def _has_bars(url: str, symbol: str, table: str) -> bool:
     conn = connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass($1) IS NOT NULL", parameters=(quote_ident(table),))
-            if not cur.fetchone()[0]:
+            if not table_exists(cur, None, table):
                 return False
             cur.execute(
                 f"SELECT EXISTS (SELECT 1 FROM {quote_ident(table)} WHERE symbol = $1)", parameters=(symbol,)

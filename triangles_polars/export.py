@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import polars as pl
 
-from triangles_polars.db import RetryPolicy, close_quietly, connect, qualified, with_retries
+from triangles_polars.db import RetryPolicy, close_quietly, connect, qualified, table_exists, with_retries
 from triangles_polars.detect import EVENT_COLUMNS, EVENT_SCHEMA
 from triangles_polars.errors import BadInput
 from triangles_polars.settings import BackfillSettings
@@ -102,8 +102,7 @@ def export_range_from_db(url: str, settings: BackfillSettings, out_dir: str | Pa
         conn = connect(url)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT to_regclass($1) IS NOT NULL", parameters=(qualified(schema, table),))
-                if not cur.fetchone()[0]:
+                if not table_exists(cur, schema, table):
                     raise BadInput(
                         f"events table {settings.events_table!r} does not exist: run a backfill first"
                     )

@@ -442,9 +442,10 @@ def plot_window(
         connect_checked,
         qualified,
         resolve_database_url,
+        table_exists,
     )
     from triangles_polars.settings import BackfillSettings
-    from triangles_polars.source import check_bars_table, read_bars
+    from triangles_polars.source import BAR_SCHEMA, check_bars_table, stream_bars
 
     try:
         import matplotlib  # noqa: F401
@@ -467,9 +468,8 @@ def plot_window(
         with conn.cursor() as cur:
             ts_type = check_bars_table(cur, settings)
             schema, table = settings.events_table_parts
-            cur.execute("SELECT to_regclass($1) IS NOT NULL", parameters=(qualified(schema, table),))
             events = pl.DataFrame()
-            if cur.fetchone()[0]:
+            if table_exists(cur, schema, table):
                 cur.execute(
                     f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
                     "AND a_ts >= $3 AND confirmed_at < $4",
@@ -478,6 +478,7 @@ def plot_window(
                 events = pl.from_arrow(cur.fetch_arrow_table())
     finally:
         close_quietly(conn)
-    bars = read_bars(url, settings, ts_type, settings.range_start, settings.range_end, policy)
+    batches = list(stream_bars(url, settings, ts_type, settings.range_start, settings.range_end, policy))
+    bars = pl.concat(batches) if batches else pl.DataFrame(schema=BAR_SCHEMA)
     bars = bars.with_columns(pl.lit(symbol).alias("symbol"))
     return render_chart(bars, events, out, bar_interval=settings.interval)

@@ -26,7 +26,6 @@ from triangles_polars.db import (
     quote_literal,
     table_columns,
     with_application_name,
-    with_retries,
 )
 from triangles_polars.errors import BadInput
 from triangles_polars.settings import BackfillSettings
@@ -135,30 +134,6 @@ def normalise_bars(raw: pl.DataFrame, settings: BackfillSettings) -> pl.DataFram
             f"first at {repeated[0].isoformat()}; fix the bars table (primary key (symbol, ts))"
         )
     return bars
-
-
-def read_bars(
-    url: str,
-    settings: BackfillSettings,
-    ts_type: str,
-    lo: datetime,
-    hi: datetime,
-    policy: RetryPolicy,
-    on_retry: Callable[[BaseException], None] | None = None,
-) -> pl.DataFrame:
-    """Bars of the symbol with open time in ``[lo, hi)``, read with retries, normalised."""
-    import connectorx as cx
-
-    query = bars_query(settings, ts_type, lo, hi)
-    reader_url = with_application_name(url, READER_NAME)
-    raw = with_retries(
-        lambda: cx.read_sql(reader_url, query, return_type="polars"),
-        "reading bars",
-        policy,
-        url,
-        on_retry,
-    )
-    return normalise_bars(raw, settings)
 
 
 def stream_bars(
