@@ -170,6 +170,44 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+class CpuMeter:
+    """CPU spent over a block: this process's CPU seconds (all threads) and the whole machine's
+    busy core-seconds from ``/proc/stat`` (server backends and kernel included; so is any other
+    work on the machine, which is why the suite records the load average too)."""
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._read()
+        self.process_cpu_s, self.machine_busy_core_s, self.machine_core_s = (
+            round(b - a, 3) for a, b in zip(self._start, end, strict=True)
+        )
+
+    @staticmethod
+    def _read() -> tuple[float, float, float]:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        busy = total = 0.0
+        try:
+            ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+            hz = os.sysconf("SC_CLK_TCK")
+            total = sum(ticks[:8]) / hz  # user nice system idle iowait irq softirq steal
+            busy = total - (ticks[3] + ticks[4]) / hz
+        except (OSError, ValueError, IndexError):
+            pass  # not Linux: machine figures stay 0
+        return usage.ru_utime + usage.ru_stime, busy, total
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "process_cpu_s": self.process_cpu_s,
+            "machine_busy_core_s": self.machine_busy_core_s,
+            "machine_core_s": self.machine_core_s,
+        }
+
+
 def last_json_line(text: str) -> dict[str, Any]:
     """The last line of ``text`` that parses as a JSON object."""
     for line in reversed(text.strip().splitlines()):

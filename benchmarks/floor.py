@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from benchmarks.common import EVENT_COLUMNS, pg_connect
+from benchmarks.common import EVENT_COLUMNS, CpuMeter, pg_connect
 
 
 class _CountingSink:
@@ -45,6 +45,7 @@ def run_floor(
     """Time the read floor and (if a source of events is given) the write floor."""
     conn = pg_connect(url)
     stages: dict[str, float] = {}
+    meters: list[CpuMeter] = []  # the timed parts only (not the untimed dump of the events)
     try:
         with conn.cursor() as cur:
             query = cur.mogrify(
@@ -54,10 +55,12 @@ def run_floor(
             ).decode()
             sink = _CountingSink()
             tick = time.perf_counter()
-            cur.copy_expert(f"COPY ({query}) TO STDOUT (FORMAT binary)", sink)
-            bars = cur.rowcount
-            conn.commit()
+            with CpuMeter() as read_cpu:
+                cur.copy_expert(f"COPY ({query}) TO STDOUT (FORMAT binary)", sink)
+                bars = cur.rowcount
+                conn.commit()
             stages["read"] = time.perf_counter() - tick
+            meters.append(read_cpu)
             read_bytes = sink.bytes
 
             events = write_bytes = 0
@@ -71,10 +74,12 @@ def run_floor(
                 write_bytes = buffer.tell()
                 buffer.seek(0)
                 tick = time.perf_counter()
-                cur.copy_expert(f"COPY {events_table} ({columns}) FROM STDIN (FORMAT binary)", buffer)
-                events = cur.rowcount
-                conn.commit()
+                with CpuMeter() as write_cpu:
+                    cur.copy_expert(f"COPY {events_table} ({columns}) FROM STDIN (FORMAT binary)", buffer)
+                    events = cur.rowcount
+                    conn.commit()
                 stages["write"] = time.perf_counter() - tick
+                meters.append(write_cpu)
     finally:
         conn.close()
     return {
@@ -84,4 +89,5 @@ def run_floor(
         "events": events,
         "read_bytes": read_bytes,
         "write_bytes": write_bytes,
+        **{key: round(sum(m.figures()[key] for m in meters), 3) for key in meters[0].figures()},
     }

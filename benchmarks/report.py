@@ -198,6 +198,22 @@ def _load(values: list[float] | None) -> str:
     return "/".join(f"{v:.1f}" for v in values) if values else "?"
 
 
+def _cpu(figures: dict[str, Any]) -> str:
+    if figures.get("process_cpu_s") is None:
+        return ""
+    return f"{figures['process_cpu_s']:.2f} / {figures['machine_busy_core_s']:.2f}"
+
+
+def _cpu_limit(entry: dict[str, Any], name: str, cores: int | None) -> float | None:
+    """The best end to end / floor this run's CPU allows: its machine-wide busy core-seconds
+    spread perfectly over every core, against the floor's wall time."""
+    figures = _measured(entry, name)
+    floor = _measured(entry, "floor")
+    if not (figures and floor and cores and figures.get("machine_busy_core_s")):
+        return None
+    return figures["machine_busy_core_s"] / cores / floor["e2e_s"]
+
+
 def _verdict(passed: bool | None) -> str:
     return {True: "**pass**", False: "**FAIL**", None: "not measured"}[passed]
 
@@ -241,8 +257,8 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
         "write seconds are each stage's busy time and overlap: they do not add up to end to end.",
         "",
         "| history | contender | bars | events | read | hygiene + detect | write | end to end "
-        "| bars/s | events/s | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| bars/s | events/s | peak RSS MB | CPU s (process / machine) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for entry in result["sizes"]:
         for name in CONTENDER_ORDER:
@@ -251,7 +267,7 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
                 continue
             if "e2e_s" not in figures:
                 lines.append(
-                    f"| {entry['size']} | {CONTENDER_LABEL[name]} | | | | | | {figures['skipped']} | | | |"
+                    f"| {entry['size']} | {CONTENDER_LABEL[name]} | | | | | | {figures['skipped']} | | | | |"
                 )
                 continue
             st = figures["stage_seconds"]
@@ -259,14 +275,15 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
                 f"| {entry['size']} | {CONTENDER_LABEL[name]} | {_n(figures['bars'])} | {_n(figures['events'])} "
                 f"| {_s(st.get('read'))} | {_s(st.get('detect'))} | {_s(st.get('write'))} "
                 f"| **{_s(figures['e2e_s'])}** | {_n(figures['bars_per_s'])} | {_n(figures['events_per_s'])} "
-                f"| {_n(figures['peak_rss_mb'])} |"
+                f"| {_n(figures['peak_rss_mb'])} | {_cpu(figures)} |"
             )
     lines += [
         "",
         "| history | contender | end to end / floor | read / read floor | write / write floor "
-        "| baseline / contender | µs per bar | peak RSS MB | events identical |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| baseline / contender | µs per bar | peak RSS MB | CPU-bound limit / floor | events identical |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    cores = m.get("cpu_count")
     for entry in result["sizes"]:
         r = entry["ratios"]
         for name in PRODUCTS:
@@ -285,7 +302,8 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
             lines.append(
                 f"| {entry['size']} | {CONTENDER_LABEL[name]} | {_s(over_floor)} | {_s(read)} | {_s(write)} "
                 f"| {_s(r.get(_ratio_keys(name)[1]), 1)} | {_s(figures.get('us_per_bar'), 3)} "
-                f"| {_n(figures.get('peak_rss_mb'))} | {_identical(entry, name)} |"
+                f"| {_n(figures.get('peak_rss_mb'))} | {_s(_cpu_limit(entry, name, cores), 2)} "
+                f"| {_identical(entry, name)} |"
             )
     daily = result.get("daily")
     if daily:

@@ -27,7 +27,7 @@ import time
 from datetime import date
 from typing import Any
 
-from benchmarks.common import STRENGTH, SYMBOL, URL_ENV, Size, peak_rss_kb
+from benchmarks.common import STRENGTH, SYMBOL, URL_ENV, CpuMeter, Size, peak_rss_kb
 
 CONTENDERS = ("product", "product_adbc", "baseline", "floor")
 # The product's contenders: settings that differ from the defaults.
@@ -50,10 +50,12 @@ def _product(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
         **PRODUCT_VARIANTS[args.contender],
     )
     began = time.perf_counter()
-    summary = backfill(settings)
+    with CpuMeter() as cpu:
+        summary = backfill(settings)
     e2e = time.perf_counter() - began
     return {
         "import_s": imported,
+        **cpu.figures(),
         "e2e_s": e2e,
         "stage_seconds": dict(summary.stage_seconds),
         "bars": summary.bars_processed,
@@ -82,17 +84,18 @@ def _baseline(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
 
     imported = time.perf_counter() - tick
     anchor, start, end_exclusive = size.range_bounds()
-    result = run_baseline(
-        url,
-        symbol=args.symbol,
-        strength=args.strength,
-        bars_table=args.bars_table,
-        events_table=args.events_table,
-        anchor=anchor,
-        start=start,
-        end_exclusive=end_exclusive,
-    )
-    return {"import_s": imported, **result}
+    with CpuMeter() as cpu:
+        result = run_baseline(
+            url,
+            symbol=args.symbol,
+            strength=args.strength,
+            bars_table=args.bars_table,
+            events_table=args.events_table,
+            anchor=anchor,
+            start=start,
+            end_exclusive=end_exclusive,
+        )
+    return {"import_s": imported, **result, **cpu.figures()}
 
 
 def _floor(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
@@ -110,7 +113,7 @@ def _floor(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
         source_events_table=args.source_events_table,
         events_table=args.events_table if args.source_events_table else None,
     )
-    return {"import_s": imported, **result}
+    return {"import_s": imported, **result}  # run_floor meters its two timed parts itself
 
 
 def main(argv: list[str] | None = None) -> None:

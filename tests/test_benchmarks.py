@@ -34,6 +34,9 @@ CONTENDER_FIGURES = (
     "process_wall_s",
     "import_s",
     "runs_e2e_s",
+    "process_cpu_s",
+    "machine_busy_core_s",
+    "machine_core_s",
 )
 STAGES = {
     "product": {"read", "detect", "write"},
@@ -129,6 +132,10 @@ def test_results_json_has_every_figure(quick_run):
             assert not missing, (entry["size"], name, missing)
             assert set(figures["stage_seconds"]) >= STAGES[name], (name, figures["stage_seconds"])
             assert figures["e2e_s"] > 0 and figures["peak_rss_mb"] > 10
+            # CPU over the timed job: the whole machine's busy time includes this process's.
+            assert 0 <= figures["machine_busy_core_s"] <= figures["machine_core_s"], figures
+            assert figures["process_cpu_s"] > 0, figures
+            assert figures["process_cpu_s"] <= figures["machine_busy_core_s"] + 0.05, figures
         for ratio in (
             "product_over_floor",
             "baseline_over_product",
@@ -169,6 +176,7 @@ def test_chart_and_readme_are_written(quick_run):
     generated = text.split("<!-- results:begin")[1].split("<!-- results:end -->")[0]
     assert "| 14d | product |" in generated and "| 42d | baseline (field report) |" in generated
     assert "| 42d | product_adbc (--reader adbc) |" in generated
+    assert "CPU-bound limit / floor" in generated
     assert "| product_adbc (--reader adbc) | full history end to end" in generated
     assert "1-day incremental run" in generated
     assert "end_to_end.png" in generated

@@ -199,10 +199,14 @@ def _connectorx_slices(
             query = bars_query(
                 settings, ts_type, start, stop, after=after if after and after >= start else None
             )
-            yield normalise_bars(cx.read_sql(url, query, return_type="polars"), settings)  # type: ignore[arg-type]
+            raw = cx.read_sql(url, query, return_type="polars", protocol=CONNECTORX_PROTOCOL)
+            yield normalise_bars(raw, settings)  # type: ignore[arg-type]
         start = stop
 
 
+# connectorx's "cursor" protocol decodes these five columns in ~17 % less CPU than its default
+# "binary" (COPY) protocol: 2.6 s against 3.1 s for 5.47 M bars (benchmarks/README.md, tuning).
+CONNECTORX_PROTOCOL = "cursor"
 ADBC_BATCH_BYTES = 8 * 1024 * 1024  # ~135k bars a batch: memory stays flat with history length
 
 
