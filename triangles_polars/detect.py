@@ -34,24 +34,6 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
 EVENT_COLUMNS = tuple(EVENT_SCHEMA)
 
 
-def _window_max_before(col: str, k: int) -> pl.Expr:
-    """max(col[i-k .. i-1]); null unless all k bars exist."""
-    return pl.col(col).shift(1).rolling_max(window_size=k)
-
-
-def _window_max_after(col: str, k: int) -> pl.Expr:
-    """max(col[i+1 .. i+k]); null unless all k bars exist (no look past the loaded bars)."""
-    return pl.col(col).rolling_max(window_size=k).shift(-k)
-
-
-def _window_min_before(col: str, k: int) -> pl.Expr:
-    return pl.col(col).shift(1).rolling_min(window_size=k)
-
-
-def _window_min_after(col: str, k: int) -> pl.Expr:
-    return pl.col(col).rolling_min(window_size=k).shift(-k)
-
-
 def find_pivots(good_bars: pl.LazyFrame, strength: int, bar_interval: timedelta) -> pl.LazyFrame:
     """Swing pivots in sequence order: ``pos, ts, kind, price, order_in_bar, confirmed_at``.
 
@@ -62,14 +44,26 @@ def find_pivots(good_bars: pl.LazyFrame, strength: int, bar_interval: timedelta)
     k = strength
     if "pos" not in good_bars.collect_schema().names():
         good_bars = good_bars.with_row_index("pos")
-    marked = good_bars.with_columns(
-        ((pl.col("high") > _window_max_before("high", k)) & (pl.col("high") >= _window_max_after("high", k)))
-        .fill_null(False)
-        .alias("is_swing_high"),
-        ((pl.col("low") < _window_min_before("low", k)) & (pl.col("low") <= _window_min_after("low", k)))
-        .fill_null(False)
-        .alias("is_swing_low"),
-        (pl.col("ts").shift(-k) + bar_interval).alias("confirmed_at"),
+    # Both windows of bar i are one trailing k-bar window read at another row: the window ending
+    # at i-1 is max(high[i-k .. i-1]), the one ending at i+k is max(high[i+1 .. i+k]); each is null
+    # unless all k bars exist (no look past the loaded bars). One rolling pass per column serves both.
+    high_max = pl.col("high").rolling_max(window_size=k).alias("_high_max")
+    low_min = pl.col("low").rolling_min(window_size=k).alias("_low_min")
+    marked = (
+        good_bars.with_columns(high_max, low_min)
+        .with_columns(
+            (
+                (pl.col("high") > pl.col("_high_max").shift(1))
+                & (pl.col("high") >= pl.col("_high_max").shift(-k))
+            )
+            .fill_null(False)
+            .alias("is_swing_high"),
+            ((pl.col("low") < pl.col("_low_min").shift(1)) & (pl.col("low") <= pl.col("_low_min").shift(-k)))
+            .fill_null(False)
+            .alias("is_swing_low"),
+            (pl.col("ts").shift(-k) + bar_interval).alias("confirmed_at"),
+        )
+        .drop("_high_max", "_low_min")
     )
     both = pl.col("is_swing_high") & pl.col("is_swing_low")
     up_bar = pl.col("close") >= pl.col("open")
