@@ -238,3 +238,15 @@ def test_help_has_examples() -> None:
     assert result.returncode == 0
     assert "triangles backfill GLBX.MDP3:NQ 2025-12-02 2025-12-02 5" in result.stdout
     assert "--chunk-events" in result.stdout and "PURGE" in result.stdout
+
+
+def test_version_is_the_installed_distribution_version() -> None:
+    from importlib.metadata import version
+
+    import triangles_polars
+
+    for flag in ("--version", "-V"):
+        result = run_cli(flag)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"triangles {version('triangles-polars')}\n"
+    assert version("triangles-polars") == triangles_polars.__version__

@@ -34,6 +34,28 @@ bars_app = typer.Typer(
     help="Bring bars in: load CSV or Parquet files into the bars table.", no_args_is_help=True
 )
 server_app = typer.Typer(help="The embedded PostgreSQL server: status, url, stop.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"triangles {version('triangles-polars')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", help="Show the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Turn years of futures OHLCV bars in PostgreSQL into triangle pattern events."""
+
+
 app.add_typer(bars_app, name="bars")
 app.add_typer(server_app, name="server")
 
