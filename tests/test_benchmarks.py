@@ -200,3 +200,34 @@ def test_render_regenerates_from_json(quick_run, tmp_path):
     # Rendering twice replaces the section instead of appending another one.
     report.write_outputs(result, tmp_path / "render", readme, json_path=json_path)
     assert readme.read_text() == text
+
+
+@pytest.mark.parametrize("protocol", ["cursor", "binary"])
+def test_tune_runs_the_product_and_reports_each_run(db, nq_bars, protocol: str) -> None:
+    from triangles_polars import backfill
+    from triangles_polars.db import connect, table_exists
+
+    db.load(nq_bars)
+    # What the tuning workload of --years 1 asks for (START = 2025-01-01 + 7 days, END = 2025-12-31).
+    expected = backfill(db.settings(start="2025-01-08", end="2025-12-31", strength=5)).triangles
+    assert expected > 0
+    args = ["--years", "1", "--runs", "2", "--bars-table", db.bars_table, "--schema", db.schema]
+    args += ["--database-url", db.url, "--connectorx-protocol", protocol]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tune", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["run 1", "run 2"]
+    for line in lines:
+        assert f"; {expected:,} events" in line and "s process CPU" in line and "busy core-s" in line
+    conn = connect(db.url)
+    try:
+        with conn.cursor() as cur:
+            assert not table_exists(cur, db.schema, "tune_events")  # its scratch table is dropped
+    finally:
+        conn.close()
