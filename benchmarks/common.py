@@ -171,15 +171,18 @@ def peak_rss_kb() -> int:
 
 
 class CpuMeter:
-    """CPU spent over a block: this process's CPU seconds (all threads) and the whole machine's
-    busy core-seconds from ``/proc/stat`` (server backends and kernel included; so is any other
-    work on the machine, which is why the suite records the load average too)."""
+    """Wall time and CPU spent over a block: ``wall_s``, this process's CPU seconds (all threads)
+    and the whole machine's busy core-seconds from ``/proc/stat`` (server backends and kernel
+    included; so is any other work on the machine, which is why the suite records the load
+    average too)."""
 
     def __enter__(self) -> CpuMeter:
         self._start = self._read()
+        self._began = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.perf_counter() - self._began
         end = self._read()
         self.process_cpu_s, self.machine_busy_core_s, self.machine_core_s = (
             round(b - a, 3) for a, b in zip(self._start, end, strict=True)

@@ -13,7 +13,6 @@ Both through psycopg2's ``copy_expert``, timed separately; their sum is the sequ
 from __future__ import annotations
 
 import io
-import time
 from datetime import datetime
 from typing import Any
 
@@ -44,8 +43,7 @@ def run_floor(
 ) -> dict[str, Any]:
     """Time the read floor and (if a source of events is given) the write floor."""
     conn = pg_connect(url)
-    stages: dict[str, float] = {}
-    meters: list[CpuMeter] = []  # the timed parts only (not the untimed dump of the events)
+    meters: dict[str, CpuMeter] = {}  # per stage: the timed parts only (not the dump of the events)
     try:
         with conn.cursor() as cur:
             query = cur.mogrify(
@@ -54,13 +52,11 @@ def run_floor(
                 (symbol, anchor, end_exclusive),
             ).decode()
             sink = _CountingSink()
-            tick = time.perf_counter()
-            with CpuMeter() as read_cpu:
+            with CpuMeter() as read:
                 cur.copy_expert(f"COPY ({query}) TO STDOUT (FORMAT binary)", sink)
                 bars = cur.rowcount
                 conn.commit()
-            stages["read"] = time.perf_counter() - tick
-            meters.append(read_cpu)
+            meters["read"] = read
             read_bytes = sink.bytes
 
             events = write_bytes = 0
@@ -73,15 +69,14 @@ def run_floor(
                 conn.commit()
                 write_bytes = buffer.tell()
                 buffer.seek(0)
-                tick = time.perf_counter()
-                with CpuMeter() as write_cpu:
+                with CpuMeter() as write:
                     cur.copy_expert(f"COPY {events_table} ({columns}) FROM STDIN (FORMAT binary)", buffer)
                     events = cur.rowcount
                     conn.commit()
-                stages["write"] = time.perf_counter() - tick
-                meters.append(write_cpu)
+                meters["write"] = write
     finally:
         conn.close()
+    stages = {stage: meter.wall_s for stage, meter in meters.items()}
     return {
         "e2e_s": sum(stages.values()),
         "stage_seconds": stages,
@@ -89,5 +84,5 @@ def run_floor(
         "events": events,
         "read_bytes": read_bytes,
         "write_bytes": write_bytes,
-        **{key: round(sum(m.figures()[key] for m in meters), 3) for key in meters[0].figures()},
+        **{key: round(sum(m.figures()[key] for m in meters.values()), 3) for key in meters["read"].figures()},
     }
