@@ -1,12 +1,12 @@
-"""Test oracle for SPEC sections 3 (hygiene) and 4 (triangle events).
+"""Test oracle for hygiene and triangle events (docs/contract.md#hygiene, #triangle-events).
 
 This module is a deliberately plain, row-by-row re-implementation of the
-contract in ``SPEC.md`` sections 3 and 4. It uses only the standard library
+contract in ``docs/contract.md`` (hygiene, triangle events). It uses only the standard library
 (no polars, no numpy) and plain loops, so that it is easy to check by eye
-against the SPEC. The product's lazy Polars implementation is tested by
+against the contract. The product's lazy Polars implementation is tested by
 comparing its output with the output of these functions.
 
-Project decisions pinned here (where the SPEC leaves room):
+Project decisions pinned here (where the contract leaves room):
 
 * A bar flagged by rule 1 carries only ``OHLC_INTEGRITY``; a bar flagged by
   rule 2 carries only ``PRICE_LT_<min_price>``; rules 3-5 may stack.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class TrianglesError(Exception):
-    """Base of every error the product raises on purpose. ``exit_code`` is the SPEC §6 code."""
+    """Base of every error the product raises on purpose. ``exit_code`` is its code (``docs/contract.md#exit-codes``)."""
 
     exit_code: int = 1
 
