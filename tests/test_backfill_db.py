@@ -10,8 +10,8 @@ import pytest
 from tests.conftest import NQ, Db
 from tests.reference import reference_events, reference_hygiene
 from triangles_polars import backfill
-from triangles_polars.bars import BAR_TABLE_SCHEMA
 from triangles_polars.detect import EVENT_COLUMNS
+from triangles_polars.schema import BAR_SCHEMA as BAR_TABLE_SCHEMA
 from triangles_polars.settings import NQ_THRESHOLDS
 
 MINUTE = timedelta(minutes=1)
@@ -202,7 +202,7 @@ def test_changed_hygiene_replaces_rows_with_the_same_key(db: Db, legacy_bars: pl
 
 
 def test_bars_table_with_numeric_and_naive_timestamps(db: Db, nq_bars: pl.DataFrame) -> None:
-    """SPEC §2 allows numeric prices; a naive timestamp column is read as UTC."""
+    """The bars table may hold numeric prices (docs/contract.md#bars); a naive timestamp column is read as UTC."""
     db.execute(
         f"CREATE TABLE {db.schema}.legacy (sym text, t timestamp, o float8, h float8, l float8, c float8, v bigint)"
     )

@@ -1,4 +1,4 @@
-"""Bad input catalogue: every case exits with the SPEC §6 code and one line naming the problem.
+"""Bad input catalogue: every case exits with its code (docs/contract.md#exit-codes) and one line naming the problem.
 
 Each case asserts the exit code, exactly one line on stderr that names the problem, no traceback,
 nothing on stdout, and that nothing was written (the test's events schema stays empty, or an
@@ -366,7 +366,7 @@ def test_schema_qualified_names_in_two_schemas(db: Db, bars_db: Db) -> None:
     summary = json.loads(result.stdout)
     assert summary["events_table"] == db.events_table
     assert db.events().height == summary["triangles"] > 0
-    assert tables_in(db) == {"triangle_events", "triangles_runs", "triangles_progress"}
+    assert tables_in(db) == {"triangle_events", "triangles_runs", "triangles_progress", "triangles_meta"}
     assert tables_in(bars_db) == {"bars_1m"}  # nothing written next to the bars
 
 

@@ -1,4 +1,4 @@
-"""``triangles bars load`` (SPEC §2, §6): CSV/Parquet round trips, options, and bad files.
+"""``triangles bars load`` (docs/contract.md#bars): CSV/Parquet round trips, options, and bad files.
 
 Files are written from ``generate_bars`` frames; the table is read back with SQL and compared
 with the frame the file was written from. Bad files must exit 2 with one clear line on stderr
@@ -100,7 +100,7 @@ def test_parquet_round_trip_and_primary_key(db: Db, bars: pl.DataFrame, tmp_path
         (schema, table),
     )
     assert [r[0] for r in pk] == ["symbol", "ts"]
-    # the types of SPEC §2
+    # the types of docs/contract.md#bars
     types = dict(
         db.execute(
             "SELECT column_name, data_type FROM information_schema.columns "

@@ -26,8 +26,8 @@ import polars as pl
 
 from tests.conftest import NQ, Db, Server
 from triangles_polars import backfill
-from triangles_polars.sink import WRITER_NAME
 from triangles_polars.source import READER_NAME
+from triangles_polars.writer import WRITER_NAME
 
 SOAK = os.environ.get("TRIANGLES_SOAK") == "1"
 TARGET_KILLS = int(os.environ.get("TRIANGLES_SOAK_KILLS", "200")) if SOAK else 20

@@ -1,4 +1,4 @@
-"""Parquet export (SPEC §6): hive layout, zstd, §4 columns, three readers, idempotent re-export.
+"""Parquet export (docs/contract.md#triangles-export): hive layout, zstd, the event columns, three readers, idempotent re-export.
 
 Every expectation is derived from the events table in PostgreSQL (or from the range given),
 never from the exporter's own output.
@@ -22,7 +22,7 @@ from triangles_polars.synthetic import generate_bars
 START, END = "2025-11-03", "2025-11-14"  # two weeks inside the six weeks of ``nq_bars``
 FIRST_END, SECOND_START = "2025-11-07", "2025-11-08"  # START..FIRST_END, SECOND_START..END
 
-# SPEC §4, written out here rather than imported from the product.
+# docs/contract.md#the-events-table, written out here rather than imported from the product.
 EVENT_COLUMNS = [
     "symbol",
     "strength",

@@ -17,9 +17,10 @@ import pytest
 
 from tests.conftest import NQ, Db, Server, run_cli
 from triangles_polars import RetriesExhausted, backfill
+from triangles_polars.chunks import Chunk
 from triangles_polars.db import connect
-from triangles_polars.sink import WRITER_NAME, Chunk
 from triangles_polars.source import READER_NAME
+from triangles_polars.writer import WRITER_NAME
 
 
 def terminate(server: Server, application_name: str, waiting_on_lock: bool = False) -> int:

@@ -84,7 +84,7 @@ def make_bars(n: int = 300, start: datetime = START, symbol: str = "NQ") -> pl.D
 
 
 def make_events(bars: pl.DataFrame, k: int = 5) -> pl.DataFrame:
-    """Plain-loop SPEC §4 detector, good enough to feed the chart realistic events."""
+    """Plain-loop detector (docs/contract.md#triangle-events), good enough to feed the chart realistic events."""
     h = bars["high"].to_list()
     lo = bars["low"].to_list()
     o = bars["open"].to_list()

@@ -1,4 +1,4 @@
-"""Property tests: the vectorized hygiene + detection equal the plain-Python reference of SPEC §3–4.
+"""Property tests: the vectorized hygiene + detection equal the plain-Python reference of the contract.
 
 Random bars have ties (prices on a coarse tick grid), outside bars, time gaps, and planted
 corruption: spikes, short bad runs, flat bars, small-range gaps, NaN/None/inf, low prices and
@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.reference import reference_events, reference_hygiene
+from triangles_polars.chunks import plan_chunks
 from triangles_polars.hygiene import flag_bars, reason_codes
-from triangles_polars.pipeline import compute_events
 from triangles_polars.settings import Thresholds
-from triangles_polars.sink import plan_chunks
+from triangles_polars.stream import compute_events
 
 T0 = datetime(2025, 1, 6, tzinfo=UTC)
 INTERVAL = timedelta(minutes=1)

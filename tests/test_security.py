@@ -11,7 +11,7 @@ in schema ``analytics``)::
     GRANT USAGE ON SCHEMA market TO triangles;
     GRANT SELECT ON market.bars_1m TO triangles;
     -- write the events: the role creates (and so owns) triangle_events and its bookkeeping
-    -- tables triangles_runs and triangles_progress in this schema, then inserts and deletes there
+    -- tables triangles_runs, triangles_progress and triangles_meta in this schema, then inserts and deletes there
     CREATE SCHEMA IF NOT EXISTS analytics;
     GRANT USAGE, CREATE ON SCHEMA analytics TO triangles;
 
@@ -263,7 +263,12 @@ def test_least_privilege_role_backfills_replace_append_purge(secured: Secured) -
         "backfill" in screen and "events" in screen and "Triangles" in screen
     )  # the progress bar and the summary ran
     assert f"{ROLE}:***@" in screen
-    assert secured.tables("analytics") == {"triangle_events", "triangles_runs", "triangles_progress"}
+    assert secured.tables("analytics") == {
+        "triangle_events",
+        "triangles_runs",
+        "triangles_progress",
+        "triangles_meta",
+    }
 
     # the superuser's run into another schema is the reference
     secured.server.execute("CREATE SCHEMA reference")

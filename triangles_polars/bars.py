@@ -12,37 +12,12 @@ from typing import Any
 
 import polars as pl
 
-from triangles_polars.db import (
-    RetryPolicy,
-    close_quietly,
-    connect,
-    qualified,
-    quote_ident,
-    table_columns,
-    with_retries,
-)
+from triangles_polars.db import RetryPolicy, Session, qualified, quote_ident, table_columns
 from triangles_polars.errors import BadInput
-from triangles_polars.settings import BAR_COLUMNS, split_table_name
+from triangles_polars.schema import BAR_COLUMNS, BAR_SCHEMA, bars_table_ddl, to_utc
+from triangles_polars.settings import DEFAULT_BARS_TABLE, DEFAULT_MAX_RETRIES, split_table_name
 
-BAR_TABLE_SCHEMA = {
-    "symbol": pl.String(),
-    "ts": pl.Datetime("us", "UTC"),
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Int64(),
-}
-
-
-def bars_table_ddl(bars_table: str) -> str:
-    """CREATE TABLE for the SPEC §2 bars table with primary key (symbol, ts)."""
-    schema, table = split_table_name(bars_table, "bars table name")
-    return (
-        f"CREATE TABLE IF NOT EXISTS {qualified(schema, table)} (symbol text NOT NULL, "
-        "ts timestamptz NOT NULL, open double precision, high double precision, "
-        "low double precision, close double precision, volume bigint, PRIMARY KEY (symbol, ts))"
-    )
+LOADER_NAME = "triangles_loader"
 
 
 def read_bar_file(
@@ -53,7 +28,7 @@ def read_bar_file(
     ts_convention: str = "open",
     bar_interval: timedelta = timedelta(minutes=1),
 ) -> pl.DataFrame:
-    """Read a CSV or Parquet file of bars into the bars-table shape, with clear errors."""
+    """Read a CSV or Parquet file of bars into the bars-table shape (``docs/contract.md#bars``)."""
     path = Path(path)
     if not path.exists():
         raise BadInput(f"bars file {str(path)!r} not found")
@@ -104,11 +79,7 @@ def shape_bars(
         if ts.dtype == pl.String:
             ts = ts.str.to_datetime(time_unit="us", time_zone="UTC", strict=True)
         elif isinstance(ts.dtype, pl.Datetime):
-            ts = (
-                ts.dt.replace_time_zone("UTC")
-                if ts.dtype.time_zone is None
-                else ts.dt.convert_time_zone("UTC")
-            )
+            ts = ts.to_frame().select(to_utc(pl.col(ts.name), ts.dtype)).to_series()
         else:
             raise BadInput(f"{source}: column {mapping['ts']!r} has type {ts.dtype}; expected timestamps")
     except BadInput:
@@ -123,7 +94,7 @@ def shape_bars(
         ts = ts - bar_interval
     try:
         shaped = renamed.with_columns(ts.dt.cast_time_unit("us").alias("ts")).select(
-            pl.col(c).cast(t, strict=True) for c, t in BAR_TABLE_SCHEMA.items()
+            pl.col(c).cast(t, strict=True) for c, t in BAR_SCHEMA.items()
         )
     except Exception as exc:
         raise BadInput(
@@ -142,36 +113,29 @@ def shape_bars(
     return shaped.sort("symbol", "ts")
 
 
-def ingest_bars(url: str, bars: pl.DataFrame, bars_table: str = "bars_1m", max_retries: int = 5) -> int:
+def ingest_bars(
+    url: str, bars: pl.DataFrame, bars_table: str = DEFAULT_BARS_TABLE, max_retries: int = DEFAULT_MAX_RETRIES
+) -> int:
     """Insert bars (bars-table shape) in one transaction; a duplicate key aborts the whole load."""
     schema, table = split_table_name(bars_table, "bars table name")
-    policy = RetryPolicy(max_retries=max_retries)
 
-    def load() -> int:
-        conn = connect(url)
-        try:
-            with conn.cursor() as cur:
-                existing = table_columns(cur, schema, table)
-                if existing is None:
-                    cur.execute(bars_table_ddl(bars_table))
-                elif missing := [c for c in BAR_COLUMNS if c not in existing]:
-                    raise BadInput(f"bars table {bars_table!r} exists without column(s) {', '.join(missing)}")
-                clash = (
-                    _existing_keys(cur, schema, table, bars) if existing is not None and bars.height else 0
-                )
-                if clash:
-                    raise BadInput(
-                        f"{clash} bar(s) already exist in {bars_table!r} with the same (symbol, ts); "
-                        "nothing loaded"
-                    )
-                if bars.height:
-                    cur.adbc_ingest(table, bars.to_arrow(), mode="append", db_schema_name=schema)
-            conn.commit()
-            return bars.height
-        finally:
-            close_quietly(conn)
+    def load(cur: Any) -> int:
+        existing = table_columns(cur, schema, table)
+        if existing is None:
+            cur.execute(bars_table_ddl(schema, table))
+        elif missing := [c for c in BAR_COLUMNS if c not in existing]:
+            raise BadInput(f"bars table {bars_table!r} exists without column(s) {', '.join(missing)}")
+        clash = _existing_keys(cur, schema, table, bars) if existing is not None and bars.height else 0
+        if clash:
+            raise BadInput(
+                f"{clash} bar(s) already exist in {bars_table!r} with the same (symbol, ts); nothing loaded"
+            )
+        if bars.height:
+            cur.adbc_ingest(table, bars.to_arrow(), mode="append", db_schema_name=schema)
+        return bars.height
 
-    return with_retries(load, "loading bars", policy, url)
+    with Session(url, LOADER_NAME, RetryPolicy(max_retries=max_retries)) as session:
+        return session.run("loading bars", load)
 
 
 def _existing_keys(cur: Any, schema: str | None, table: str, bars: pl.DataFrame) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -18,16 +18,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import tenacity
 
 from triangles_polars.errors import BadInput, DatabaseUnavailable, RetriesExhausted, TrianglesError
+from triangles_polars.masking import mask_url, redact
 
 T = TypeVar("T")
 
-# ---------------------------------------------------------------------------- URLs and masking
+# ---------------------------------------------------------------------------- URLs
 
 
-def resolve_database_url(explicit: str | None, env: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """``--database-url`` → ``TRIANGLES_DATABASE_URL`` → ``DATABASE_URL`` → embedded default.
+def resolve_database_url(
+    explicit: str | None, env: Mapping[str, str] | None = None
+) -> tuple[str | None, str]:
+    """``--database-url`` → ``TRIANGLES_DATABASE_URL`` → ``DATABASE_URL``; ``(None, "embedded")`` if none.
 
-    Returns ``(url, source)``; the embedded server is started if it is the one chosen.
+    Resolution starts nothing: the command or API entry starts the embedded server when it is
+    the one chosen (:func:`triangles_polars.embedded.database_url`).
     """
     env = os.environ if env is None else env
     for source, value in (
@@ -37,16 +41,21 @@ def resolve_database_url(explicit: str | None, env: Mapping[str, str] | None = N
     ):
         if value:
             return normalise_url(value), source
-    from triangles_polars.embedded import start_server
-
-    return start_server(), "embedded"
+    return None, "embedded"
 
 
 def normalise_url(url: str) -> str:
     """Accept ``postgres://`` and ``postgresql+driver://`` spellings; reject anything else."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.split("+", 1)[0]
-    if scheme not in ("postgresql", "postgres"):
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        parts = None
+    scheme = parts.scheme.split("+", 1)[0] if parts else ""
+    if (
+        parts is None
+        or scheme not in ("postgresql", "postgres")
+        or not url.strip().split(":", 1)[1].startswith("//")
+    ):
         raise BadInput(f"bad database URL {mask_url(url)!r}: expected postgresql://user:password@host/db")
     return urlunsplit(parts._replace(scheme="postgresql"))
 
@@ -58,50 +67,6 @@ def with_application_name(url: str, name: str) -> str:
     if any(k == "application_name" for k, _ in query):
         return url
     return urlunsplit(parts._replace(query=urlencode([*query, ("application_name", name)], safe="/")))
-
-
-def url_password(url: str) -> str | None:
-    """The password in a URL (netloc or ``password=`` query parameter), if any."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.password:
-        return parts.password
-    for key, value in parse_qsl(parts.query):
-        if key == "password" and value:
-            return value
-    return None
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe to print and log)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.split(':', 1)[0]}:***@{host}"
-    query = parts.query
-    if "password=" in query:
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(query)], safe="/")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def redact(text: str, url: str | None) -> str:
-    """Remove the URL's password (raw and percent-encoded forms) from any text."""
-    if not url:
-        return text
-    password = url_password(url)
-    if password:
-        from urllib.parse import quote, unquote
-
-        for form in {password, unquote(password), quote(password, safe=""), quote(password)}:
-            if form:
-                text = text.replace(form, "***")
-    return text
 
 
 # ---------------------------------------------------------------------------- error classification
@@ -197,6 +162,34 @@ class RetryPolicy:
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
 
+    def retrying(self, on_retry: Callable[[BaseException], None] | None = None) -> tenacity.Retrying:
+        """A tenacity controller that retries transient errors (driver errors only) per this policy."""
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            if on_retry is not None and state.outcome is not None:
+                on_retry(state.outcome.exception())
+
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=tenacity.wait_exponential(multiplier=self.backoff_s, max=self.max_backoff_s),
+            retry=tenacity.retry_if_exception(
+                lambda e: not isinstance(e, TrianglesError) and is_transient(e)
+            ),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+
+@contextlib.contextmanager
+def translated(what: str, policy: RetryPolicy, url: str | None) -> Iterator[None]:
+    """The one boundary where driver errors become the product's exceptions (masked, one line)."""
+    try:
+        yield
+    except (TrianglesError, KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        raise give_up(exc, what, policy, url) from None
+
 
 def with_retries(
     fn: Callable[[], T],
@@ -205,33 +198,12 @@ def with_retries(
     url: str | None,
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
-    """Run ``fn``; on a transient error call ``on_retry`` and try again after a backoff.
+    """Run ``fn``, retrying transient errors; anything else is raised at once, translated.
 
-    Non-transient errors are raised at once, classified; when retries run out,
-    :class:`RetriesExhausted` (exit 3) is raised.
+    When retries run out, :class:`RetriesExhausted` (exit 3) is raised.
     """
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        if on_retry is not None and state.outcome is not None:
-            on_retry(state.outcome.exception())
-
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.max_retries + 1),
-        wait=tenacity.wait_exponential(multiplier=policy.backoff_s, max=policy.max_backoff_s),
-        retry=tenacity.retry_if_exception(lambda e: not isinstance(e, TrianglesError) and is_transient(e)),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    try:
-        return retrying(fn)
-    except TrianglesError:
-        raise
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        if isinstance(exc, SystemExit | GeneratorExit):
-            raise
-        raise give_up(exc, what, policy, url) from None
+    with translated(what, policy, url):
+        return policy.retrying(on_retry)(fn)
 
 
 def give_up(exc: BaseException, what: str, policy: RetryPolicy, url: str | None) -> BaseException:
@@ -276,13 +248,6 @@ def connect(url: str, autocommit: bool = False) -> Any:
     return adbc.connect(url, autocommit=autocommit)
 
 
-def connect_checked(
-    url: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None = None
-) -> Any:
-    """Connect with retries; a clear :class:`DatabaseUnavailable` if it cannot."""
-    return with_retries(lambda: connect(url), "connecting to the database", policy, url, on_retry)
-
-
 def close_quietly(conn: Any) -> None:
     """Close a connection that may already be dead."""
     if conn is None:
@@ -317,3 +282,66 @@ def table_columns(cur: Any, schema: str | None, table: str) -> dict[str, str] | 
     if not rows:
         return {} if table_exists(cur, schema, table) else None
     return {name: dtype for name, dtype in rows}
+
+
+# ---------------------------------------------------------------------------- the boundary
+
+
+class Session:
+    """One connection, kept across transactions: every read and write of the product goes through one.
+
+    :meth:`run` is a transaction: ``body(cursor)`` then commit, retried with backoff on
+    connection errors (a new connection each time), driver errors translated at one place.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        application_name: str,
+        policy: RetryPolicy | None = None,
+        on_retry: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.conn_url = with_application_name(url, application_name)
+        self.policy = policy or RetryPolicy()
+        self.on_retry = on_retry
+        self.retries = 0
+        self._conn: Any = None
+
+    def run(self, what: str, body: Callable[[Any], T]) -> T:
+        """Run ``body(cursor)`` in one transaction and commit; retried as a whole."""
+
+        def attempt() -> T:
+            if self._conn is None:
+                self._conn = connect(self.conn_url)
+            try:
+                with self._conn.cursor() as cur:
+                    result = body(cur)
+                self._conn.commit()
+                return result
+            except BaseException:
+                # Whatever failed, this connection's transaction is unusable: start afresh.
+                self.close()
+                raise
+
+        return with_retries(attempt, what, self.policy, self.url, self._retried)
+
+    def query(self, what: str, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of one query (a transaction of its own)."""
+        return self.run(what, lambda cur: fetch_all(cur, sql, params))
+
+    def _retried(self, exc: BaseException) -> None:
+        self.retries += 1
+        if self.on_retry is not None:
+            self.on_retry(exc)
+
+    def close(self) -> None:
+        """Close the connection (a later :meth:`run` opens another)."""
+        close_quietly(self._conn)
+        self._conn = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -12,9 +12,11 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from triangles_polars.db import close_quietly, connect, quote_ident, resolve_database_url, table_exists
-from triangles_polars.pipeline import Progress, backfill
+from triangles_polars.db import Session, fetch_all, quote_ident, table_exists
+from triangles_polars.embedded import database_url as resolve_url
+from triangles_polars.pipeline import backfill
 from triangles_polars.settings import BackfillSettings
+from triangles_polars.summary import Progress
 
 DEMO_SYMBOL = "SYNTH:NQ"
 DEMO_BARS_TABLE = "bars_1m"
@@ -26,17 +28,14 @@ DEMO_CHART_WINDOW = ("2025-11-25T14:30:00Z", "2025-11-25T21:00:00Z")
 
 
 def _has_bars(url: str, symbol: str, table: str) -> bool:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            if not table_exists(cur, None, table):
-                return False
-            cur.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {quote_ident(table)} WHERE symbol = $1)", parameters=(symbol,)
-            )
-            return bool(cur.fetchone()[0])
-    finally:
-        close_quietly(conn)
+    def probe(cur: Any) -> bool:
+        if not table_exists(cur, None, table):
+            return False
+        sql = f"SELECT EXISTS (SELECT 1 FROM {quote_ident(table)} WHERE symbol = $1)"
+        return bool(fetch_all(cur, sql, (symbol,))[0][0])
+
+    with Session(url, "triangles_demo") as session:
+        return session.run("looking for the demo bars", probe)
 
 
 def run_demo(
@@ -52,7 +51,7 @@ def run_demo(
 
     quiet = say is None
     out_dir = Path(out_dir)
-    url, source = resolve_database_url(database_url)
+    url, source = resolve_url(database_url)
     seeded = 0
     if not _has_bars(url, DEMO_SYMBOL, DEMO_BARS_TABLE):
         if not quiet:

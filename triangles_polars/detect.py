@@ -1,4 +1,4 @@
-"""Triangle detection of SPEC §4 as lazy Polars expressions.
+"""Triangle detection as lazy Polars expressions (``docs/contract.md#triangle-events``).
 
 Input: the bars that passed hygiene, one symbol, in time order. "Position" is the row index in
 that sequence. A swing high at ``i`` needs ``high[i] > max(high[i-k..i-1])`` and
@@ -12,26 +12,9 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-EVENT_SCHEMA: dict[str, pl.DataType] = {
-    "symbol": pl.String(),
-    "strength": pl.Int16(),
-    "confirmed_at": pl.Datetime("us", "UTC"),
-    "pattern": pl.String(),
-    "a_ts": pl.Datetime("us", "UTC"),
-    "b_ts": pl.Datetime("us", "UTC"),
-    "c_ts": pl.Datetime("us", "UTC"),
-    "a_kind": pl.String(),
-    "b_kind": pl.String(),
-    "c_kind": pl.String(),
-    "a_price": pl.Float64(),
-    "b_price": pl.Float64(),
-    "c_price": pl.Float64(),
-    "leg_ab": pl.Float64(),
-    "leg_bc": pl.Float64(),
-    "bars_ab": pl.Int32(),
-    "bars_bc": pl.Int32(),
-}
-EVENT_COLUMNS = tuple(EVENT_SCHEMA)
+from triangles_polars.schema import EVENT_COLUMNS, EVENT_SCHEMA, UTC_TS
+
+__all__ = ["EVENT_COLUMNS", "EVENT_SCHEMA", "confirmed_between", "find_pivots", "triangles_from_pivots"]
 
 
 def find_pivots(good_bars: pl.LazyFrame, strength: int, bar_interval: timedelta) -> pl.LazyFrame:
@@ -118,6 +101,5 @@ def triangles_from_pivots(pivots: pl.LazyFrame, symbol: str, strength: int) -> p
 def confirmed_between(events: pl.LazyFrame, start: datetime, end: datetime) -> pl.LazyFrame:
     """Events with ``start <= confirmed_at < end`` (each event belongs to exactly one span)."""
     return events.filter(
-        (pl.col("confirmed_at") >= pl.lit(start, pl.Datetime("us", "UTC")))
-        & (pl.col("confirmed_at") < pl.lit(end, pl.Datetime("us", "UTC")))
+        (pl.col("confirmed_at") >= pl.lit(start, UTC_TS)) & (pl.col("confirmed_at") < pl.lit(end, UTC_TS))
     )

@@ -98,3 +98,14 @@ def server_status(pgdata: Path | None = None) -> dict[str, object]:
         except (OSError, ValueError, IndexError):
             running = False
     return {"pgdata": str(pgdata), "initialised": (pgdata / "PG_VERSION").exists(), "running": running}
+
+
+def database_url(explicit: str | None = None) -> tuple[str, str]:
+    """The database a command uses, and where it came from; starts the embedded server if chosen.
+
+    ``--database-url`` → ``TRIANGLES_DATABASE_URL`` → ``DATABASE_URL`` → the embedded default.
+    """
+    from triangles_polars.db import resolve_database_url
+
+    url, source = resolve_database_url(explicit)
+    return (url, source) if url is not None else (start_server(), source)

@@ -1,4 +1,4 @@
-"""Parquet export: hive-partitioned ``symbol=…/year=…/``, zstd, the event columns of SPEC §4.
+"""Parquet export: hive-partitioned ``symbol=…/year=…/``, zstd, the event columns (``docs/contract.md#the-events-table``).
 
 Re-exporting a range rewrites the partitions it touches: rows of the same symbol and strength
 confirmed inside the range are replaced, rows outside it are kept, so nothing is duplicated.
@@ -11,14 +11,24 @@ import os
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import polars as pl
 
-from triangles_polars.db import RetryPolicy, close_quietly, connect, qualified, table_exists, with_retries
-from triangles_polars.detect import EVENT_COLUMNS, EVENT_SCHEMA
+from triangles_polars.db import RetryPolicy, Session, qualified, table_exists
 from triangles_polars.errors import BadInput
-from triangles_polars.settings import BackfillSettings
+from triangles_polars.schema import EVENT_COLUMNS, EVENT_SCHEMA
+from triangles_polars.settings import (
+    DEFAULT_EVENTS_TABLE,
+    DEFAULT_STRENGTH,
+    BackfillSettings,
+    Window,
+    parse_strengths,
+    split_table_name,
+)
+
+EXPORT_NAME = "triangles_export"
 
 PARTITION_FILE = "events.parquet"
 _EPSILON = timedelta(microseconds=1)
@@ -94,37 +104,30 @@ def export_events(
     return written
 
 
-def export_range_from_db(url: str, settings: BackfillSettings, out_dir: str | Path) -> dict[str, object]:
-    """Export the events of the run's symbol, strength and range, as stored in PostgreSQL."""
-    schema, table = settings.events_table_parts
+def read_events(
+    session: Session, events_table: str, symbol: str, strengths: tuple[int, ...], window: Window
+) -> pl.DataFrame:
+    """Events of a symbol and strengths confirmed in the window, as stored in PostgreSQL."""
+    schema, table = split_table_name(events_table, "events table name")
 
-    def fetch() -> pl.DataFrame:
-        conn = connect(url)
-        try:
-            with conn.cursor() as cur:
-                if not table_exists(cur, schema, table):
-                    raise BadInput(
-                        f"events table {settings.events_table!r} does not exist: run a backfill first"
-                    )
-                cur.execute(
-                    f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
-                    "AND confirmed_at >= $3 AND confirmed_at < $4",
-                    parameters=(settings.symbol, settings.strength, settings.range_start, settings.range_end),
-                )
-                return pl.from_arrow(cur.fetch_arrow_table())
-        finally:
-            close_quietly(conn)
+    def fetch(cur: Any) -> pl.DataFrame:
+        if not table_exists(cur, schema, table):
+            raise BadInput(f"events table {events_table!r} does not exist: run a backfill first")
+        cur.execute(
+            f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = ANY($2) "
+            "AND confirmed_at >= $3 AND confirmed_at < $4",
+            parameters=(symbol, list(strengths), window.start, window.end_exclusive),
+        )
+        return pl.from_arrow(cur.fetch_arrow_table())  # type: ignore[return-value]
 
-    events = with_retries(fetch, "reading events", RetryPolicy(), url)
-    files = export_events(
-        events,
-        out_dir,
-        symbol=settings.symbol,
-        strength=settings.strength,
-        range_start=settings.range_start,
-        range_end=settings.range_end,
-    )
-    return {"events": events.height, "files": [str(f) for f in files], "out": str(out_dir)}
+    return session.run("reading events", fetch)
+
+
+def export_stored(url: str, settings: BackfillSettings, out_dir: str | Path) -> dict[str, object]:
+    """Export what a backfill wrote: its symbol, strengths and range (``backfill --export``)."""
+    window = Window(settings.time_range.start, settings.time_range.end_exclusive)
+    with Session(url, EXPORT_NAME, settings.retry) as session:
+        return _export(session, settings.tables.events, settings.symbol, settings.strengths, window, out_dir)
 
 
 def export_range(
@@ -133,15 +136,36 @@ def export_range(
     end: str,
     out_dir: str | Path,
     *,
-    strength: int = 5,
+    strength: int = DEFAULT_STRENGTH,
     database_url: str | None = None,
-    events_table: str = "triangle_events",
+    events_table: str = DEFAULT_EVENTS_TABLE,
+    retry: RetryPolicy | None = None,
 ) -> dict[str, object]:
     """Read the events of SYMBOL confirmed in START..END from PostgreSQL and export them."""
-    from triangles_polars.db import resolve_database_url
+    from triangles_polars.embedded import database_url as resolve
 
-    settings = BackfillSettings(
-        symbol=symbol, start=start, end=end, strength=strength, events_table=events_table
+    window = Window.parse(start, end)
+    split_table_name(events_table, "events table name")
+    url, _ = resolve(database_url)
+    with Session(url, EXPORT_NAME, retry) as session:
+        return _export(session, events_table, symbol, parse_strengths(strength), window, out_dir)
+
+
+def _export(
+    session: Session,
+    events_table: str,
+    symbol: str,
+    strengths: tuple[int, ...],
+    window: Window,
+    out_dir: str | Path,
+) -> dict[str, object]:
+    events = read_events(session, events_table, symbol, strengths, window)
+    files = export_events(
+        events,
+        out_dir,
+        symbol=symbol,
+        strength=strengths[0] if len(strengths) == 1 else None,
+        range_start=window.start,
+        range_end=window.end_exclusive,
     )
-    url, _ = resolve_database_url(database_url)
-    return export_range_from_db(url, settings, out_dir)
+    return {"events": events.height, "files": [str(f) for f in files], "out": str(out_dir)}

@@ -1,4 +1,4 @@
-"""Hygiene rules of SPEC §3 as lazy Polars expressions.
+"""Hygiene rules as lazy Polars expressions (``docs/contract.md#hygiene``).
 
 :func:`flag_bars` adds one boolean column per rule; a bar with any of them is a bad bar.
 Rules apply in order: rule 2 only to bars that pass rule 1, rules 3–5 only to bars that pass
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import polars as pl
 
+from triangles_polars.schema import OHLC
 from triangles_polars.settings import HygieneProfile, Thresholds
 
-OHLC = ("open", "high", "low", "close")
-# Flag column → the rule's reason-code prefix (the threshold is appended, SPEC §3).
+# Flag column → the rule's reason-code prefix (the threshold is appended to it).
 RULE_COLUMNS = {
     "bad_ohlc_integrity": "OHLC_INTEGRITY",
     "bad_price": "PRICE_LT",

@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from triangles_polars.schema import UTC_TS, to_utc
+from triangles_polars.settings import DEFAULT_BARS_TABLE, DEFAULT_EVENTS_TABLE, DEFAULT_STRENGTH
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
 
@@ -31,7 +34,7 @@ __all__ = ["pivots_from_events", "render_chart"]
 
 _MISSING_MPL = "plotting needs the 'plot' extra: pip install 'triangles-polars[plot]'"
 
-_TS = pl.Datetime("us", "UTC")
+_TS = UTC_TS
 _PIVOT_SCHEMA: dict[str, pl.DataType] = {
     "ts": _TS,
     "kind": pl.String(),
@@ -48,15 +51,6 @@ _PIVOT_HIGH = "#0d3b8c"
 _PIVOT_LOW = "#9c4a00"
 
 
-def _utc_us(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    """Cast a datetime column to ``Datetime("us", "UTC")``; naive values count as UTC."""
-    if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
-        expr = expr.dt.replace_time_zone("UTC")
-    elif isinstance(dtype, pl.Datetime):
-        expr = expr.dt.convert_time_zone("UTC")
-    return expr.cast(_TS)
-
-
 def pivots_from_events(events: pl.DataFrame) -> pl.DataFrame:
     """Distinct pivots (``ts``, ``kind``, ``price``) referenced as A, B or C by events.
 
@@ -71,7 +65,7 @@ def pivots_from_events(events: pl.DataFrame) -> pl.DataFrame:
         raise ValueError(f"events frame lacks column(s): {', '.join(missing)}")
     parts = [
         events.select(
-            _utc_us(pl.col(f"{p}_ts"), events.schema[f"{p}_ts"]).alias("ts"),
+            to_utc(pl.col(f"{p}_ts"), events.schema[f"{p}_ts"]).alias("ts"),
             pl.col(f"{p}_kind").cast(pl.String).alias("kind"),
             pl.col(f"{p}_price").cast(pl.Float64).alias("price"),
         )
@@ -82,7 +76,7 @@ def pivots_from_events(events: pl.DataFrame) -> pl.DataFrame:
 
 def _bar_index(bars: pl.DataFrame) -> pl.DataFrame:
     """``ts`` (UTC, us) -> bar index ``x`` within the window."""
-    return bars.select(_utc_us(pl.col("ts"), bars.schema["ts"]).alias("ts")).with_row_index("x")
+    return bars.select(to_utc(pl.col("ts"), bars.schema["ts"]).alias("ts")).with_row_index("x")
 
 
 def _events_for_bars(bars: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
@@ -111,7 +105,7 @@ def _window_triangles(bars: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame(schema=schema)
     index = _bar_index(bars)
     out = events.select(
-        *(_utc_us(pl.col(f"{p}_ts"), events.schema[f"{p}_ts"]).alias(f"{p}_ts") for p in "abc"),
+        *(to_utc(pl.col(f"{p}_ts"), events.schema[f"{p}_ts"]).alias(f"{p}_ts") for p in "abc"),
         *(pl.col(f"{p}_price").cast(pl.Float64) for p in "abc"),
         pl.col("c_kind").cast(pl.String),
     )
@@ -135,7 +129,7 @@ def _time_ticks(bars: pl.DataFrame) -> tuple[list[int], list[str]]:
     never mislabels a tick). Intraday steps show ``HH:MM`` with the date added on the
     first tick and wherever the day changes.
     """
-    ts = _utc_us(pl.col("ts"), bars.schema["ts"])
+    ts = to_utc(pl.col("ts"), bars.schema["ts"])
     counts = bars.select(ts.dt.truncate(step).n_unique().alias(step) for step in _TICK_STEPS).row(0)
     step = next(
         (st for st, n in zip(_TICK_STEPS, counts, strict=True) if n <= _MAX_TICKS),
@@ -176,7 +170,7 @@ def _default_title(
     if bars.height == 0:
         parts.append("no bars")
     else:
-        ts = bars.select(_utc_us(pl.col("ts"), bars.schema["ts"])).to_series()
+        ts = bars.select(to_utc(pl.col("ts"), bars.schema["ts"])).to_series()
         start, end = ts.min(), ts.max() + bar_interval  # type: ignore[operator]
         if bar_interval >= timedelta(days=1):
             end = end - timedelta(days=1)  # type: ignore[operator]
@@ -251,7 +245,7 @@ def render_chart(
     """Render candlesticks, swing pivots and triangle events of a bar window to ``out``.
 
     ``bars``: ``symbol, ts, open, high, low, close[, volume]`` sorted by ``ts`` (bar open
-    time). ``events``: the event table of SPEC §4. Pivots are placed by matching their
+    time). ``events``: rows of the events table (``docs/contract.md#the-events-table``). Pivots are placed by matching their
     timestamps to bar timestamps exactly; triangles with any pivot outside the window
     are not drawn. Either frame may be empty. ``bar_interval`` sets the span shown in
     the default title (the last bar's close time). Returns the written path.
@@ -430,55 +424,43 @@ def plot_window(
     end: str,
     out: str | Path,
     *,
-    strength: int = 5,
+    strength: int = DEFAULT_STRENGTH,
     database_url: str | None = None,
-    bars_table: str = "bars_1m",
-    events_table: str = "triangle_events",
+    bars_table: str = DEFAULT_BARS_TABLE,
+    events_table: str = DEFAULT_EVENTS_TABLE,
 ) -> Path:
     """Read a window of bars and its events from PostgreSQL and render them with :func:`render_chart`."""
-    from triangles_polars.db import (
-        RetryPolicy,
-        close_quietly,
-        connect_checked,
-        qualified,
-        resolve_database_url,
-        table_exists,
-    )
-    from triangles_polars.settings import BackfillSettings
-    from triangles_polars.source import BAR_SCHEMA, check_bars_table, stream_bars
+    from triangles_polars.db import RetryPolicy, Session, qualified, table_exists
+    from triangles_polars.embedded import database_url as resolve
+    from triangles_polars.errors import BadInput
+    from triangles_polars.schema import DETECT_SCHEMA
+    from triangles_polars.settings import ReadSettings, Tables, Window
+    from triangles_polars.source import READER_NAME, BarSource
 
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        from triangles_polars.errors import BadInput
-
         raise BadInput(_MISSING_MPL) from None
-    settings = BackfillSettings(
-        symbol=symbol,
-        start=start,
-        end=end,
-        strength=strength,
-        bars_table=bars_table,
-        events_table=events_table,
-    )
-    url, _ = resolve_database_url(database_url)
+    window = Window.parse(start, end)
+    tables = Tables.parse(bars_table, events_table, {})
+    url, _ = resolve(database_url)
     policy = RetryPolicy()
-    conn = connect_checked(url, policy)
-    try:
-        with conn.cursor() as cur:
-            ts_type = check_bars_table(cur, settings)
-            schema, table = settings.events_table_parts
-            events = pl.DataFrame()
-            if table_exists(cur, schema, table):
-                cur.execute(
-                    f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
-                    "AND a_ts >= $3 AND confirmed_at < $4",
-                    parameters=(symbol, strength, settings.range_start, settings.range_end),
-                )
-                events = pl.from_arrow(cur.fetch_arrow_table())
-    finally:
-        close_quietly(conn)
-    batches = list(stream_bars(url, settings, ts_type, settings.range_start, settings.range_end, policy))
-    bars = pl.concat(batches) if batches else pl.DataFrame(schema=BAR_SCHEMA)
+
+    def inspect(cur: Any) -> tuple[BarSource, pl.DataFrame]:
+        source = BarSource(symbol, tables, ReadSettings()).inspect(cur, window.start, window.end_exclusive)
+        schema, table = tables.events_parts
+        if not table_exists(cur, schema, table):
+            return source, pl.DataFrame()
+        cur.execute(
+            f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
+            "AND a_ts >= $3 AND confirmed_at < $4",
+            parameters=(symbol, strength, window.start, window.end_exclusive),
+        )
+        return source, pl.from_arrow(cur.fetch_arrow_table())  # type: ignore[return-value]
+
+    with Session(url, READER_NAME, policy) as session:
+        source, events = session.run("reading the window", inspect)
+    batches = list(source.stream(url, window.start, window.end_exclusive, policy))
+    bars = pl.concat(batches) if batches else pl.DataFrame(schema=DETECT_SCHEMA)
     bars = bars.with_columns(pl.lit(symbol).alias("symbol"))
-    return render_chart(bars, events, out, bar_interval=settings.interval)
+    return render_chart(bars, events, out, bar_interval=source.read.interval)

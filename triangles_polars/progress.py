@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from triangles_polars.pipeline import Progress, RunSummary
+from triangles_polars.summary import Progress, RunSummary
 
 
 class BarProgress(Progress):

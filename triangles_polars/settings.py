@@ -1,4 +1,4 @@
-"""Run settings: parsing and validation of everything a user types (SPEC §2, §3, §6).
+"""Run settings: parsing and validation of everything a user types.
 
 Every check here raises :class:`BadInput` with a one-line message, so nothing reaches the
 database before the arguments are known to be sane.
@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from triangles_polars.db import RetryPolicy
 from triangles_polars.errors import BadInput
+from triangles_polars.schema import BAR_COLUMNS
 
 DEFAULT_BARS_TABLE = "bars_1m"
 DEFAULT_EVENTS_TABLE = "triangle_events"
@@ -30,8 +33,6 @@ DEFAULT_BACKOFF_S = 0.5
 DEFAULT_SLICE_DAYS = 183
 DEFAULT_PREFETCH = 2
 MAX_STRENGTH = 10_000
-
-BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
 
 TsConvention = Literal["open", "close"]
 HygieneProfile = Literal["basic", "full"]
@@ -123,7 +124,7 @@ _FULL_KEYS = ("discontinuity", "small_range", "big_gap", "flat_gap")
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Per-instrument hygiene thresholds in price points (SPEC §3)."""
+    """Per-instrument hygiene thresholds in price points (``docs/contract.md#hygiene``)."""
 
     min_price: float = 0.0
     discontinuity: float | None = None
@@ -158,7 +159,7 @@ def _check_threshold(key: str, value: Any) -> float | int:
     return float(value)
 
 
-# The field report's NQ thresholds (SPEC §3).
+# The field report's NQ thresholds (``docs/contract.md#hygiene``).
 NQ_THRESHOLDS = Thresholds(
     min_price=1000.0,
     discontinuity=500.0,
@@ -239,21 +240,220 @@ def _as_dict(thresholds: Thresholds) -> dict[str, Any]:
     return {f.name: getattr(thresholds, f.name) for f in fields(thresholds)}
 
 
+# --------------------------------------------------------------------------- sub-configs
+
+
+@dataclass(frozen=True)
+class Window:
+    """A span of time ``[start, end_exclusive)``: UTC days are inclusive, a timestamp END exclusive.
+
+    >>> Window.parse("2025-12-02", "2025-12-02").end_exclusive.isoformat()
+    '2025-12-03T00:00:00+00:00'
+    """
+
+    start: datetime
+    end_exclusive: datetime
+
+    @classmethod
+    def parse(cls, start: str | date | datetime, end: str | date | datetime) -> Window:
+        """Parse START and END; END before START is bad input."""
+        first, _ = parse_instant(start, "START")
+        last, end_is_day = parse_instant(end, "END")
+        end_exclusive = last + timedelta(days=1) if end_is_day else last
+        if end_exclusive <= first:
+            raise BadInput(f"END {_show(end)} is before START {_show(start)}: nothing to do")
+        return cls(first, end_exclusive)
+
+
+@dataclass(frozen=True)
+class TimeRange(Window):
+    """A run's window plus the ``anchor`` that bars are loaded from (default START − 7 days)."""
+
+    anchor: datetime = field(default=datetime.min.replace(tzinfo=UTC))
+
+    @classmethod
+    def parse(  # type: ignore[override]
+        cls,
+        start: str | date | datetime,
+        end: str | date | datetime,
+        anchor: str | date | datetime | None = None,
+    ) -> TimeRange:
+        window = Window.parse(start, end)
+        if anchor is None:
+            at = window.start - timedelta(days=DEFAULT_ANCHOR_DAYS)
+        else:
+            at, _ = parse_instant(anchor, "ANCHOR")
+            if at > window.start:
+                raise BadInput(
+                    f"ANCHOR {_show(anchor)} is after START {_show(start)}: "
+                    "bars are loaded from ANCHOR, so it must come first"
+                )
+        return cls(window.start, window.end_exclusive, at)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Where bars are read and events written, and the bars table's column names."""
+
+    bars: str = DEFAULT_BARS_TABLE
+    events: str = DEFAULT_EVENTS_TABLE
+    columns: dict[str, str] = field(default_factory=lambda: {c: c for c in BAR_COLUMNS})
+
+    @classmethod
+    def parse(cls, bars: str, events: str, columns: dict[str, str]) -> Tables:
+        split_table_name(bars, "bars table name")
+        split_table_name(events, "events table name")
+        column_map = {c: c for c in BAR_COLUMNS}
+        for logical, actual in columns.items():
+            if logical not in BAR_COLUMNS:
+                raise BadInput(f"unknown bar column {logical!r}: expected one of {', '.join(BAR_COLUMNS)}")
+            column_map[logical] = check_identifier(actual, f"column name for {logical}")
+        return cls(bars, events, column_map)
+
+    @property
+    def events_parts(self) -> tuple[str | None, str]:
+        """(schema or None, table) of the events table."""
+        return split_table_name(self.events, "events table name")
+
+    @property
+    def bars_parts(self) -> tuple[str | None, str]:
+        """(schema or None, table) of the bars table."""
+        return split_table_name(self.bars, "bars table name")
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """How bars are read: what their ts means, their length, and the reader's batching."""
+
+    ts_convention: TsConvention = "open"
+    interval: timedelta = timedelta(minutes=1)
+    reader: Reader = "connectorx"
+    slice_days: int = DEFAULT_SLICE_DAYS
+    prefetch: int = DEFAULT_PREFETCH
+
+    @classmethod
+    def parse(
+        cls, ts_convention: str, bar_interval: str | timedelta, reader: str, slice_days: int, prefetch: int
+    ) -> ReadSettings:
+        _one_of_choices("ts convention", ts_convention, ("open", "close"))
+        _one_of_choices("reader", reader, ("connectorx", "adbc"))
+        _whole("slice_days", slice_days, 1)
+        _whole("prefetch", prefetch, 1)
+        return cls(ts_convention, parse_duration(bar_interval), reader, slice_days, prefetch)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class HygieneSettings:
+    """The hygiene profile and the instrument's thresholds (see ``docs/contract.md#hygiene``)."""
+
+    profile: HygieneProfile = "basic"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    @classmethod
+    def resolve(
+        cls,
+        symbol: str,
+        profile: str | None,
+        ts_convention: str,
+        config: str | Path | None,
+        overrides: dict[str, Any],
+    ) -> HygieneSettings:
+        """Profile default by ts convention; thresholds built-in ← config ← overrides."""
+        chosen = profile or ("basic" if ts_convention == "open" else "full")
+        _one_of_choices("hygiene profile", chosen, ("basic", "full"))
+        thresholds, has_profile = resolve_thresholds(symbol, config, overrides)
+        missing = thresholds.missing_for_full()
+        if chosen == "full" and missing:
+            where = "no built-in or config profile" if not has_profile else "an incomplete profile"
+            raise BadInput(
+                f"hygiene 'full' needs thresholds for {symbol!r}, which has {where}: "
+                f"missing {', '.join(missing)} (give --{' --'.join(m.replace('_', '-') for m in missing)} "
+                "or a [instruments] table in --config)"
+            )
+        return cls(chosen, thresholds)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    """How events are written (see ``docs/contract.md#writing-idempotency-and-faults``)."""
+
+    mode: WriteMode = "replace"
+    purge: bool = False
+    chunk_events: int = DEFAULT_CHUNK_EVENTS
+    resume: bool = True
+
+    @classmethod
+    def parse(cls, mode: str, purge: bool, chunk_events: int, resume: bool) -> WriteSettings:
+        _one_of_choices("mode", mode, ("replace", "append"))
+        _whole("chunk_events", chunk_events, 1)
+        return cls(mode, bool(purge), chunk_events, bool(resume))  # type: ignore[arg-type]
+
+
+def _one_of_choices(what: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BadInput(f"unknown {what} {value!r}: use {' or '.join(choices)}")
+
+
+def _whole(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise BadInput(f"bad {name.replace('_', '-')} {value!r}: it must be >= {low}")
+
+
+def parse_strengths(value: int | str | Sequence[int]) -> tuple[int, ...]:
+    """One strength or several (``3,5,8``), each a whole number from 1 to ``MAX_STRENGTH``.
+
+    >>> parse_strengths("3,5,8")
+    (3, 5, 8)
+    >>> parse_strengths(5)
+    (5,)
+    """
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if not all(re.fullmatch(r"\d+", p) for p in parts):
+            raise BadInput(f"bad strength {value!r}: use a whole number or a list like 3,5,8")
+        items: list[Any] = [int(p) for p in parts]
+    elif isinstance(value, int | bool):
+        items = [value]
+    else:
+        items = list(value)
+    for k in items:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise BadInput(f"bad strength {k!r}: it must be a whole number")
+        if not 1 <= k <= MAX_STRENGTH:
+            raise BadInput(f"bad strength {k}: it must be between 1 and {MAX_STRENGTH}")
+    if not items or len(set(items)) != len(items):
+        raise BadInput(f"bad strength list {value!r}: give each strength once")
+    return tuple(items)
+
+
 # --------------------------------------------------------------------------- settings
 
 
 @dataclass(frozen=True)
+class Task:
+    """One unit of work: one symbol's bars over one time range, read once, detected at each strength."""
+
+    symbol: str
+    strengths: tuple[int, ...]
+    time_range: TimeRange
+    hygiene: HygieneSettings
+
+
+@dataclass(frozen=True)
 class BackfillSettings:
-    """Everything one ``backfill`` run needs. Strings are parsed and validated on creation.
+    """Everything one ``backfill`` run needs, as a user types it; parsed and validated on creation.
 
     ``start``/``end`` are UTC days (inclusive) or timestamps; ``end`` as a timestamp is an
-    exclusive bound, so that ``[a, b)`` then ``[b, c)`` tile time without overlap.
+    exclusive bound, so that ``[a, b)`` then ``[b, c)`` tile time without overlap. ``strength``
+    is one strength or several (``3,5,8``): the bars are read once and detected at each.
+    The parsed pieces are the typed sub-configs ``time_range``, ``tables``, ``read``,
+    ``hygiene_settings``, ``write`` and ``retry``.
     """
 
     symbol: str
     start: str | date | datetime
     end: str | date | datetime
-    strength: int = DEFAULT_STRENGTH
+    strength: int | str | Sequence[int] = DEFAULT_STRENGTH
     anchor: str | date | datetime | None = None
     database_url: str | None = None
     bars_table: str = DEFAULT_BARS_TABLE
@@ -280,93 +480,43 @@ class BackfillSettings:
     reader: Reader = "connectorx"
     prefetch: int = DEFAULT_PREFETCH
 
-    # Derived, set in __post_init__.
-    range_start: datetime = field(init=False)
-    range_end: datetime = field(init=False)
-    anchor_ts: datetime = field(init=False)
-    interval: timedelta = field(init=False)
-    profile: HygieneProfile = field(init=False)
-    thresholds: Thresholds = field(init=False)
-    column_map: dict[str, str] = field(init=False)
+    # Parsed, set in __post_init__.
+    strengths: tuple[int, ...] = field(init=False)
+    time_range: TimeRange = field(init=False)
+    tables: Tables = field(init=False)
+    read: ReadSettings = field(init=False)
+    hygiene_settings: HygieneSettings = field(init=False)
+    write: WriteSettings = field(init=False)
+    retry: RetryPolicy = field(init=False)
 
     def __post_init__(self) -> None:
-        def put(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
-
         if not isinstance(self.symbol, str) or not self.symbol.strip():
             raise BadInput("SYMBOL must be a non-empty string")
         if "\x00" in self.symbol:
             raise BadInput("SYMBOL must not contain NUL characters")
-        start, _ = parse_instant(self.start, "START")
-        end, end_is_day = parse_instant(self.end, "END")
-        end_exclusive = end + timedelta(days=1) if end_is_day else end
-        if end_exclusive <= start:
-            raise BadInput(f"END {_show(self.end)} is before START {_show(self.start)}: nothing to do")
-        if isinstance(self.strength, bool) or not isinstance(self.strength, int):
-            raise BadInput(f"bad strength {self.strength!r}: it must be a whole number")
-        if not 1 <= self.strength <= MAX_STRENGTH:
-            raise BadInput(f"bad strength {self.strength}: it must be between 1 and {MAX_STRENGTH}")
-        if self.anchor is None:
-            anchor = start - timedelta(days=DEFAULT_ANCHOR_DAYS)
-        else:
-            anchor, _ = parse_instant(self.anchor, "ANCHOR")
-            if anchor > start:
-                raise BadInput(
-                    f"ANCHOR {_show(self.anchor)} is after START {_show(self.start)}: "
-                    "bars are loaded from ANCHOR, so it must come first"
-                )
-        if self.ts_convention not in ("open", "close"):
-            raise BadInput(f"unknown ts convention {self.ts_convention!r}: use open or close")
-        interval = parse_duration(self.bar_interval)
-        profile = self.hygiene or ("basic" if self.ts_convention == "open" else "full")
-        if profile not in ("basic", "full"):
-            raise BadInput(f"unknown hygiene profile {profile!r}: use basic or full")
-        if self.reader not in ("connectorx", "adbc"):
-            raise BadInput(f"unknown reader {self.reader!r}: use connectorx or adbc")
-        if self.mode not in ("replace", "append"):
-            raise BadInput(f"unknown mode {self.mode!r}: use replace or append")
-        split_table_name(self.bars_table, "bars table name")
-        split_table_name(self.events_table, "events table name")
-        column_map = {c: c for c in BAR_COLUMNS}
-        for logical, actual in self.columns.items():
-            if logical not in BAR_COLUMNS:
-                raise BadInput(f"unknown bar column {logical!r}: expected one of {', '.join(BAR_COLUMNS)}")
-            column_map[logical] = check_identifier(actual, f"column name for {logical}")
-        for name, low in (("chunk_events", 1), ("max_retries", 0), ("slice_days", 1), ("prefetch", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise BadInput(f"bad {name.replace('_', '-')} {value!r}: it must be >= {low}")
+        _whole("max_retries", self.max_retries, 0)
         if not (isinstance(self.backoff_s, int | float) and 0 <= self.backoff_s <= 600):
             raise BadInput(f"bad backoff {self.backoff_s!r}: use 0 to 600 seconds")
+        thresholds = {k: getattr(self, k) for k in THRESHOLD_KEYS}
+        parsed = {
+            "strengths": parse_strengths(self.strength),
+            "time_range": TimeRange.parse(self.start, self.end, self.anchor),
+            "read": ReadSettings.parse(
+                self.ts_convention, self.bar_interval, self.reader, self.slice_days, self.prefetch
+            ),
+            "tables": Tables.parse(self.bars_table, self.events_table, self.columns),
+            "write": WriteSettings.parse(self.mode, self.purge, self.chunk_events, self.resume),
+            "hygiene_settings": HygieneSettings.resolve(
+                self.symbol, self.hygiene, self.ts_convention, self.config, thresholds
+            ),
+            "retry": RetryPolicy(max_retries=self.max_retries, backoff_s=self.backoff_s),
+        }
+        for name, value in parsed.items():
+            object.__setattr__(self, name, value)
 
-        thresholds, has_profile = resolve_thresholds(
-            self.symbol, self.config, {k: getattr(self, k) for k in THRESHOLD_KEYS}
-        )
-        if profile == "full" and thresholds.missing_for_full():
-            missing = thresholds.missing_for_full()
-            where = "no built-in or config profile" if not has_profile else "an incomplete profile"
-            raise BadInput(
-                f"hygiene 'full' needs thresholds for {self.symbol!r}, which has {where}: "
-                f"missing {', '.join(missing)} (give --{' --'.join(m.replace('_', '-') for m in missing)} "
-                "or a [instruments] table in --config)"
-            )
-        put("range_start", start)
-        put("range_end", end_exclusive)
-        put("anchor_ts", anchor)
-        put("interval", interval)
-        put("profile", profile)
-        put("thresholds", thresholds)
-        put("column_map", column_map)
-
-    @property
-    def events_table_parts(self) -> tuple[str | None, str]:
-        """(schema or None, table) of the events table."""
-        return split_table_name(self.events_table, "events table name")
-
-    @property
-    def bars_table_parts(self) -> tuple[str | None, str]:
-        """(schema or None, table) of the bars table."""
-        return split_table_name(self.bars_table, "bars table name")
+    def tasks(self) -> list[Task]:
+        """The run's tasks."""
+        return [Task(self.symbol, self.strengths, self.time_range, self.hygiene_settings)]
 
 
 def _show(value: Any) -> str:

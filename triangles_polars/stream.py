@@ -12,26 +12,28 @@ emitted twice or lost; memory is bounded by the slice size, not the history leng
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from triangles_polars.detect import (
-    EVENT_SCHEMA,
-    confirmed_between,
-    find_pivots,
-    triangles_from_pivots,
-)
-from triangles_polars.hygiene import OHLC, count_bad_bars, flag_bars
-from triangles_polars.settings import HygieneProfile, Thresholds
+from triangles_polars.detect import confirmed_between, find_pivots, triangles_from_pivots
+from triangles_polars.hygiene import count_bad_bars, flag_bars
+from triangles_polars.schema import DETECT_COLUMNS, DETECT_SCHEMA, EVENT_SCHEMA, OHLC, to_utc
+from triangles_polars.settings import DEFAULT_STRENGTH, HygieneProfile, Thresholds, resolve_thresholds
 
-BAR_COLUMNS = ["ts", *OHLC]  # what hygiene and detection read of a bar
+BAR_COLUMNS = list(DETECT_COLUMNS)  # what hygiene and detection read of a bar
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 @dataclass
 class DetectionResult:
-    """Events confirmed by a slice's bars (inside the run's range) and the slice's bad-bar counts."""
+    """Events confirmed by a slice's bars (inside the run's range) and the slice's bad-bar counts.
+
+    ``events`` holds every requested strength, sorted by strength then ``confirmed_at``.
+    """
 
     events: pl.DataFrame
     bars: int
@@ -41,10 +43,10 @@ class DetectionResult:
 
 @dataclass
 class StreamingDetector:
-    """Hygiene + detection over consecutive time slices of one symbol's bars."""
+    """Hygiene (once) + detection (once per strength) over consecutive time slices of one symbol's bars."""
 
     symbol: str
-    strength: int
+    strength: int | Sequence[int]
     bar_interval: timedelta
     profile: HygieneProfile
     thresholds: Thresholds
@@ -53,17 +55,16 @@ class StreamingDetector:
     # Carried state (empty at the start of the data).
     hygiene_tail: pl.DataFrame = field(init=False)
     good_tail: pl.DataFrame = field(init=False)
-    pivot_tail: pl.DataFrame | None = field(default=None, init=False)
+    pivot_tails: dict[int, pl.DataFrame] = field(default_factory=dict, init=False)
     next_pos: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        schema = {"ts": pl.Datetime("us", "UTC"), **{c: pl.Float64 for c in BAR_COLUMNS[1:]}}
-        self.hygiene_tail = pl.DataFrame(schema=schema)
-        self.good_tail = pl.DataFrame(schema={"pos": pl.Int64, **schema})
+        self.strengths = (self.strength,) if isinstance(self.strength, int) else tuple(self.strength)
+        self.hygiene_tail = pl.DataFrame(schema=DETECT_SCHEMA)
+        self.good_tail = pl.DataFrame(schema={"pos": pl.Int64, **DETECT_SCHEMA})
 
     def push(self, bars: pl.DataFrame) -> DetectionResult:
         """Process the next slice (sorted by ts, unique, later than every earlier slice)."""
-        k = self.strength
         context = self.hygiene_tail.height
         combined = pl.concat([self.hygiene_tail, bars.select(BAR_COLUMNS)]).lazy()
         flagged = flag_bars(combined, self.profile, self.thresholds).slice(context)
@@ -78,24 +79,28 @@ class StreamingDetector:
             .select(BAR_COLUMNS)
             .with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + first_new).alias("pos"))
         )
+        # The good-bar sequence is the same for every strength: it is built once.
         sequence = pl.concat([self.good_tail.lazy(), good.select(self.good_tail.columns)])
-        pivots = find_pivots(sequence, k, self.bar_interval).filter(pl.col("pos") + k >= first_new)
-        if self.pivot_tail is not None:
-            pivots = pl.concat([self.pivot_tail.lazy(), pivots])
-        events = confirmed_between(
-            triangles_from_pivots(pivots, self.symbol, self.strength), self.start, self.end_exclusive
-        )
+        events, pivot_tails = [], []
+        for k in self.strengths:
+            pivots = find_pivots(sequence, k, self.bar_interval).filter(pl.col("pos") + k >= first_new)
+            if k in self.pivot_tails:
+                pivots = pl.concat([self.pivot_tails[k].lazy(), pivots])
+            triangles = triangles_from_pivots(pivots, self.symbol, k)
+            events.append(confirmed_between(triangles, self.start, self.end_exclusive))
+            pivot_tails.append(pivots.tail(2))
         # One collect for everything: Polars computes the shared hygiene sub-plan once.
-        events_df, counts_df, self.hygiene_tail, self.good_tail, self.pivot_tail, good_n = pl.collect_all(
+        events_df, counts_df, self.hygiene_tail, self.good_tail, good_n, *tails = pl.collect_all(
             [
-                events,
+                pl.concat(events),
                 count_bad_bars(flagged, self.thresholds),
                 hygiene_tail,
-                sequence.tail(2 * k),
-                pivots.tail(2),
+                sequence.tail(2 * max(self.strengths)),
                 good.select(pl.len()),
+                *pivot_tails,
             ]
         )
+        self.pivot_tails = dict(zip(self.strengths, tails, strict=True))
         self.next_pos += int(good_n.item())
         counts = counts_df.row(0, named=True)
         bars_n = int(counts.pop("bars"))
@@ -108,6 +113,47 @@ class StreamingDetector:
         )
 
 
+def compute_events(
+    bars: pl.DataFrame,
+    *,
+    symbol: str | None = None,
+    strength: int | Sequence[int] = DEFAULT_STRENGTH,
+    bar_interval: timedelta = timedelta(minutes=1),
+    profile: HygieneProfile = "basic",
+    thresholds: Thresholds | None = None,
+    start: datetime | None = None,
+    end_exclusive: datetime | None = None,
+) -> DetectionResult:
+    """Hygiene + detection on bars of one symbol (``ts`` = open time, sorted, unique): no database.
+
+    Returns the events confirmed in ``[start, end_exclusive)`` (default: all of them) sorted by
+    strength and ``confirmed_at``, and the bad-bar counts over all the bars given. ``symbol``
+    defaults to the frame's ``symbol`` column; ``thresholds`` to the symbol's built-in profile.
+
+    >>> from datetime import datetime, UTC
+    >>> closes = [10, 11, 12, 11, 10, 11, 12, 13, 12, 11, 10, 11, 12]
+    >>> bars = pl.DataFrame({
+    ...     "ts": [datetime(2025, 1, 2, 14, m, tzinfo=UTC) for m in range(len(closes))],
+    ...     "open": closes, "high": [c + 0.5 for c in closes],
+    ...     "low": [c - 0.5 for c in closes], "close": closes,
+    ... })
+    >>> result = compute_events(bars, symbol="DEMO", strength=1)
+    >>> result.events.select("pattern", "c_price").rows()
+    [('HLH', 13.5), ('LHL', 9.5)]
+    >>> result.bad_bars
+    0
+    """
+    if symbol is None:
+        symbol = str(bars["symbol"][0]) if "symbol" in bars.columns and bars.height else ""
+    if thresholds is None:
+        thresholds = resolve_thresholds(symbol, None, {})[0]
+    detector = StreamingDetector(
+        symbol, strength, bar_interval, profile, thresholds, start or _EARLIEST, end_exclusive or _LATEST
+    )
+    typed = bars.select(to_utc(pl.col("ts"), bars.schema["ts"]), *(pl.col(c).cast(pl.Float64) for c in OHLC))
+    return detector.push(typed)
+
+
 def merge_counts(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:
     """Add per-code counts (keeps the rule order of first appearance)."""
     for code, n in part.items():
@@ -115,4 +161,4 @@ def merge_counts(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:
     return total
 
 
-__all__ = ["DetectionResult", "StreamingDetector", "merge_counts"]
+__all__ = ["DetectionResult", "StreamingDetector", "compute_events", "merge_counts"]

@@ -210,9 +210,9 @@ def _to_tick(x: np.ndarray) -> np.ndarray:
 
 
 def _empty_frame() -> pl.DataFrame:
-    from triangles_polars.bars import BAR_TABLE_SCHEMA
+    from triangles_polars.schema import BAR_SCHEMA
 
-    return pl.DataFrame(schema=BAR_TABLE_SCHEMA)
+    return pl.DataFrame(schema=BAR_SCHEMA)
 
 
 def generate_bars(

@@ -1,0 +1,235 @@
+"""The run ledger: bookkeeping tables that make a rerun resume (``docs/contract.md#writing-idempotency-and-faults``).
+
+Two tables live next to the events table: ``triangles_runs`` (one row per run key: status,
+whether the range was purged) and ``triangles_progress`` (one row per committed chunk, written in
+the chunk's own transaction). The same command again finds its run key and skips the chunks
+recorded there.
+
+The ledger is versioned (``triangles_meta``): a database written by an earlier release is
+migrated in place on first use, and a run key of an earlier release is adopted, so an
+interrupted run keeps resuming across an upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from triangles_polars.db import fetch_all, qualified, table_columns
+from triangles_polars.errors import BadInput
+from triangles_polars.schema import EVENT_SQL_TYPES, events_table_ddl
+from triangles_polars.settings import THRESHOLD_KEYS, BackfillSettings, Task
+
+RUNS_TABLE = "triangles_runs"
+PROGRESS_TABLE = "triangles_progress"
+META_TABLE = "triangles_meta"
+LEDGER_VERSION = 2
+# Version 1 (the first release) recorded a purge as a progress row with chunk number -1.
+_LEGACY_PURGE_CHUNK = -1
+
+
+# ---------------------------------------------------------------------------- run keys
+
+
+def run_key_fields(settings: BackfillSettings, task: Task, strength: int) -> dict[str, Any]:
+    """Everything that decides which events a run writes where: the identity of a run.
+
+    Listed field by field (never a ``repr``), so adding a setting that changes nothing written
+    does not orphan the runs already recorded.
+    """
+    thresholds = task.hygiene.thresholds
+    return {
+        "symbol": task.symbol,
+        "strength": strength,
+        "range": [task.time_range.start.isoformat(), task.time_range.end_exclusive.isoformat()],
+        "anchor": task.time_range.anchor.isoformat(),
+        "bars": [settings.tables.bars, sorted(settings.tables.columns.items())],
+        "ts": [settings.read.ts_convention, settings.read.interval.total_seconds()],
+        "hygiene": [task.hygiene.profile, {k: getattr(thresholds, k) for k in THRESHOLD_KEYS}],
+        "events": settings.tables.events,
+        "write": [settings.write.mode, settings.write.purge, settings.write.chunk_events],
+    }
+
+
+def run_key(fields: dict[str, Any]) -> str:
+    """The versioned hash of :func:`run_key_fields`."""
+    return _digest({"key_version": LEDGER_VERSION, **fields})
+
+
+def legacy_run_key(fields: dict[str, Any]) -> str:
+    """The key the first release computed for the same run (it hashed the thresholds' ``repr``)."""
+    profile, values = fields["hygiene"]
+    floats = {k: (None if v is None else float(v)) for k, v in values.items() if k != "reference_window"}
+    text = ", ".join(
+        f"{k}={values[k]!r}" if k == "reference_window" else f"{k}={floats[k]!r}" for k in THRESHOLD_KEYS
+    )
+    return _digest({**fields, "hygiene": [profile, f"Thresholds({text})"]})
+
+
+def _digest(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def ledger_ddl(schema: str | None) -> list[str]:
+    """CREATE statements of the current ledger (idempotent)."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {qualified(schema, RUNS_TABLE)} (
+  run_key text PRIMARY KEY, events_table text NOT NULL, symbol text NOT NULL,
+  strength smallint NOT NULL, range_start timestamptz NOT NULL, range_end timestamptz NOT NULL,
+  status text NOT NULL, chunks integer NOT NULL, started_at timestamptz NOT NULL DEFAULT now(),
+  finished_at timestamptz, purged boolean NOT NULL DEFAULT false)""",
+        f"""CREATE TABLE IF NOT EXISTS {qualified(schema, PROGRESS_TABLE)} (
+  run_key text NOT NULL, chunk_no integer NOT NULL, span_start timestamptz NOT NULL,
+  span_end timestamptz NOT NULL, events integer NOT NULL,
+  committed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_key, chunk_no))""",
+        f"""CREATE TABLE IF NOT EXISTS {qualified(schema, META_TABLE)} (
+  name text PRIMARY KEY, value text NOT NULL)""",
+    ]
+
+
+def migrate(cur: Any, schema: str | None) -> None:
+    """Bring the ledger of ``schema`` to :data:`LEDGER_VERSION` (in the cursor's transaction)."""
+    runs, progress, meta = (qualified(schema, t) for t in (RUNS_TABLE, PROGRESS_TABLE, META_TABLE))
+    rows = fetch_all(cur, f"SELECT value FROM {meta} WHERE name = 'ledger_version'")
+    version = int(rows[0][0]) if rows else 1
+    if version < 2:
+        # v1 → v2: the purge becomes a flag of the run instead of a magic chunk number.
+        cur.execute(f"ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS purged boolean NOT NULL DEFAULT false")
+        cur.execute(
+            f"UPDATE {runs} SET purged = true WHERE run_key IN "
+            f"(SELECT run_key FROM {progress} WHERE chunk_no = {_LEGACY_PURGE_CHUNK})"
+        )
+        cur.execute(f"DELETE FROM {progress} WHERE chunk_no = {_LEGACY_PURGE_CHUNK}")
+    if version != LEDGER_VERSION:
+        cur.execute(
+            f"INSERT INTO {meta} (name, value) VALUES ('ledger_version', $1) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            parameters=(str(LEDGER_VERSION),),
+        )
+
+
+def check_events_table(columns: dict[str, str] | None, name: str) -> bool:
+    """True if the table exists and is compatible; False if missing; BadInput if incompatible."""
+    if columns is None:
+        return False
+    problems = [
+        f"{col} ({columns.get(col, 'missing')})"
+        for col, dtype in EVENT_SQL_TYPES.items()
+        if columns.get(col) != dtype
+    ]
+    if problems:
+        raise BadInput(
+            f"events table {name!r} exists with an incompatible schema: {', '.join(problems[:4])}"
+            f"{' …' if len(problems) > 4 else ''}; use another --events-table or drop it"
+        )
+    return True
+
+
+def ensure_tables(cur: Any, events_table: str, schema: str | None, table: str) -> None:
+    """Create the events table and the ledger if missing, and migrate the ledger."""
+    exists = check_events_table(table_columns(cur, schema, table), events_table)
+    for sql in ledger_ddl(schema) + ([] if exists else events_table_ddl(schema, table)):
+        cur.execute(sql)
+    migrate(cur, schema)
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+@dataclass
+class RunState:
+    """A run as the ledger knows it: its key, the chunks committed so far, whether it purged."""
+
+    key: str
+    done: dict[int, tuple[datetime, datetime, int]] = field(default_factory=dict)
+    purged: bool = False
+
+    def committed(self, chunk_no: int, span_start: datetime, span_end: datetime, events: int) -> bool:
+        """Whether this very chunk (same span, same size) was committed by an earlier attempt."""
+        return self.done.get(chunk_no) == (span_start, span_end, events)
+
+
+class RunLedger:
+    """Reads and writes the ledger of one events table (statements run in the caller's transaction)."""
+
+    def __init__(self, events_table: str, schema: str | None) -> None:
+        self.events_table = events_table
+        self.runs = qualified(schema, RUNS_TABLE)
+        self.progress = qualified(schema, PROGRESS_TABLE)
+
+    def begin(
+        self, cur: Any, fields: dict[str, Any], resume: bool, start: datetime, end: datetime
+    ) -> RunState:
+        """Register the run; an unfinished earlier attempt's chunks come back when ``resume``."""
+        key = run_key(fields)
+        self._adopt_legacy(cur, key, legacy_run_key(fields))
+        rows = fetch_all(cur, f"SELECT status, purged FROM {self.runs} WHERE run_key = $1 FOR UPDATE", (key,))
+        state = RunState(key)
+        if rows and rows[0][0] != "done" and resume:
+            state.purged = bool(rows[0][1])
+            chunks = fetch_all(
+                cur,
+                f"SELECT chunk_no, span_start, span_end, events FROM {self.progress} WHERE run_key = $1",
+                (key,),
+            )
+            state.done = {r[0]: (r[1], r[2], r[3]) for r in chunks}
+        else:
+            cur.execute(f"DELETE FROM {self.progress} WHERE run_key = $1", parameters=(key,))
+        cur.execute(
+            f"""INSERT INTO {self.runs} (run_key, events_table, symbol, strength, range_start,
+                range_end, status, chunks, purged) VALUES ($1, $2, $3, $4, $5, $6, 'running', 0, $7)
+                ON CONFLICT (run_key) DO UPDATE SET status = 'running', purged = EXCLUDED.purged,
+                started_at = now(), finished_at = NULL""",
+            parameters=(
+                key,
+                self.events_table,
+                fields["symbol"],
+                fields["strength"],
+                start,
+                end,
+                state.purged,
+            ),
+        )
+        return state
+
+    def _adopt_legacy(self, cur: Any, key: str, legacy: str) -> None:
+        """Rename an unfinished run of the first release to its current key (once)."""
+        moved = fetch_all(
+            cur,
+            f"UPDATE {self.runs} SET run_key = $1 WHERE run_key = $2 AND status <> 'done' "
+            f"AND NOT EXISTS (SELECT 1 FROM {self.runs} WHERE run_key = $1) RETURNING 1",
+            (key, legacy),
+        )
+        if moved:
+            cur.execute(
+                f"UPDATE {self.progress} SET run_key = $1 WHERE run_key = $2", parameters=(key, legacy)
+            )
+
+    def record_chunk(
+        self, cur: Any, key: str, chunk_no: int, span_start: datetime, span_end: datetime, events: int
+    ) -> None:
+        """Record a chunk, in the chunk's own transaction."""
+        cur.execute(
+            f"""INSERT INTO {self.progress} (run_key, chunk_no, span_start, span_end, events)
+                VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (run_key, chunk_no) DO UPDATE SET span_start = EXCLUDED.span_start,
+                span_end = EXCLUDED.span_end, events = EXCLUDED.events, committed_at = now()""",
+            parameters=(key, chunk_no, span_start, span_end, events),
+        )
+
+    def record_purge(self, cur: Any, key: str) -> None:
+        """Record that the run's range was purged, in the purge's own transaction."""
+        cur.execute(f"UPDATE {self.runs} SET purged = true WHERE run_key = $1", parameters=(key,))
+
+    def finish(self, cur: Any, key: str, chunks: int) -> None:
+        """Mark the run done: a later identical command starts afresh (replace keeps it idempotent)."""
+        cur.execute(
+            f"UPDATE {self.runs} SET status = 'done', chunks = $2, finished_at = now() WHERE run_key = $1",
+            parameters=(key, chunks),
+        )
