@@ -1,7 +1,9 @@
-"""The ``triangles`` command line: a thin layer over the Python API (SPEC §6).
+"""The ``triangles`` command line: a thin layer over the Python API (``docs/contract.md#command-line``).
 
-Errors are mapped to exit codes in one place (:func:`guard`): 0 done, 2 bad usage or input,
-3 database unreachable or retries exhausted, 1 anything unexpected; 130 when interrupted.
+Each command declares its options with the shared definitions of :mod:`triangles_polars.options`
+and calls one library function. Errors are mapped to exit codes in one place (:func:`guard`):
+0 done, 2 bad usage or input, 3 database unreachable or retries exhausted, 1 anything
+unexpected; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from triangles_polars import options as opt
 from triangles_polars.errors import BadInput, TrianglesError
 
-app = typer.Typer(
+if TYPE_CHECKING:
+    from triangles_polars.progress import BarProgress
+    from triangles_polars.settings import BackfillSettings
+
+app = opt.App(
     name="triangles",
     help=(
         "Turn years of futures OHLCV bars in PostgreSQL into triangle pattern events.\n\n"
@@ -30,29 +36,12 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-bars_app = typer.Typer(
-    help="Bring bars in: load CSV or Parquet files into the bars table.", no_args_is_help=True
-)
-server_app = typer.Typer(help="The embedded PostgreSQL server: status, url, stop.", no_args_is_help=True)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from importlib.metadata import version
-
-        typer.echo(f"triangles {version('triangles-polars')}")
-        raise typer.Exit()
+bars_app = opt.App(help="Bring bars in: load CSV or Parquet files into the bars table.", no_args_is_help=True)
+server_app = opt.App(help="The embedded PostgreSQL server: status, url, stop.", no_args_is_help=True)
 
 
 @app.callback()
-def _main_options(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", "-V", help="Show the version and exit.", callback=_print_version, is_eager=True
-        ),
-    ] = False,
-) -> None:
+def _main_options(version: opt.Version = False) -> None:
     """Turn years of futures OHLCV bars in PostgreSQL into triangle pattern events."""
 
 
@@ -87,7 +76,7 @@ def _clean(message: str) -> str:
 
 @contextmanager
 def guard() -> Iterator[None]:
-    """Map exceptions to one-line messages and SPEC exit codes (no tracebacks)."""
+    """Map exceptions to one-line messages and the exit codes of docs/contract.md#exit-codes (no tracebacks)."""
     try:
         yield
     except typer.Exit:
@@ -121,231 +110,105 @@ def _emit_json(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _parse_columns(text: str | None) -> dict[str, str]:
-    if not text:
-        return {}
-    out = {}
-    for part in text.split(","):
-        if "=" not in part:
-            raise BadInput(f"bad --columns {text!r}: use logical=actual pairs, e.g. ts=time,open=o")
-        logical, actual = (p.strip() for p in part.split("=", 1))
-        out[logical] = actual
-    return out
+def _progress(quiet: bool) -> BarProgress:
+    from triangles_polars.progress import BarProgress
+
+    return BarProgress(enabled=not quiet and _stderr().is_terminal)
 
 
-# ---------------------------------------------------------------------------- options
+# ---------------------------------------------------------------------------- commands
 
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="PostgreSQL URL (postgresql://user:pass@host:port/db). Default: $TRIANGLES_DATABASE_URL, "
-        "$DATABASE_URL, else the embedded server.",
-        show_default=False,
-    ),
-]
-EventsTable = Annotated[str, typer.Option("--events-table", help="Events table (schema.table allowed).")]
-BarsTable = Annotated[str, typer.Option("--bars-table", help="Bars table (schema.table allowed).")]
+BACKFILL_EXAMPLES = """Examples:
+
+  triangles backfill GLBX.MDP3:NQ 2025-12-02 2025-12-02 5 2025-11-30T23:00:00Z
+
+  PURGE=1 triangles backfill GLBX.MDP3:NQ 2010-06-06 2025-12-28 --json
+
+  triangles backfill NQ 2024-01-01 2024-12-31 --ts-convention close --config nq.toml"""
 
 
-@app.command(
-    epilog=(
-        "Examples:\n\n"
-        "  triangles backfill GLBX.MDP3:NQ 2025-12-02 2025-12-02 5 2025-11-30T23:00:00Z\n\n"
-        "  PURGE=1 triangles backfill GLBX.MDP3:NQ 2010-06-06 2025-12-28 --json\n\n"
-        "  triangles backfill NQ 2024-01-01 2024-12-31 --ts-convention close --config nq.toml"
-    )
-)
-def backfill(
-    symbol: Annotated[str, typer.Argument(help="Symbol as stored in the bars table, e.g. GLBX.MDP3:NQ.")],
-    start: Annotated[str, typer.Argument(help="First UTC day (YYYY-MM-DD) or timestamp.")],
-    end: Annotated[str, typer.Argument(help="Last UTC day, inclusive (a timestamp is an exclusive bound).")],
-    strength_arg: Annotated[
-        int | None, typer.Argument(metavar="[STRENGTH]", help="Swing strength k.", show_default=False)
-    ] = None,
-    anchor_arg: Annotated[
-        str | None, typer.Argument(metavar="[ANCHOR]", help="Load bars from here.", show_default=False)
-    ] = None,
-    strength: Annotated[
-        int | None,
-        typer.Option(
-            "--strength", "-k", help="Swing strength k (bars each side).  [default: 5]", show_default=False
-        ),
-    ] = None,
-    anchor: Annotated[
-        str | None,
-        typer.Option(
-            "--anchor", help="Load bars from this time.  [default: START - 7 days]", show_default=False
-        ),
-    ] = None,
-    database_url: DatabaseUrl = None,
-    bars_table: BarsTable = "bars_1m",
-    events_table: EventsTable = "triangle_events",
-    columns: Annotated[
-        str | None,
-        typer.Option("--columns", help="Bar column names, e.g. ts=time,open=o.", show_default=False),
-    ] = None,
-    ts_convention: Annotated[
-        str,
-        typer.Option(
-            "--ts-convention", help="open: ts is the bar's open time; close: its close time (legacy)."
-        ),
-    ] = "open",
-    bar_interval: Annotated[str, typer.Option("--bar-interval", help="Bar length: 1m, 5m, 1h, 1d …")] = "1m",
-    hygiene: Annotated[
-        str | None,
-        typer.Option(
-            "--hygiene",
-            help="basic (rules 1-2) or full (1-5).  [default: basic for open, full for close]",
-            show_default=False,
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="TOML file of per-instrument thresholds.", show_default=False),
-    ] = None,
-    min_price: Annotated[
-        float | None,
-        typer.Option(
-            "--min-price", help="Rule 2: bars priced below this are bad (NQ: 1000).", show_default=False
-        ),
-    ] = None,
-    discontinuity: Annotated[
-        float | None,
-        typer.Option(
-            "--discontinuity",
-            help="Rule 3: max distance of any price from ref (NQ: 500).",
-            show_default=False,
-        ),
-    ] = None,
-    small_range: Annotated[
-        float | None,
-        typer.Option(
-            "--small-range", help="Rule 4: a bar with high - low <= this … (NQ: 5).", show_default=False
-        ),
-    ] = None,
-    big_gap: Annotated[
-        float | None,
-        typer.Option(
-            "--big-gap", help="Rule 4: … whose open is more than this from ref (NQ: 150).", show_default=False
-        ),
-    ] = None,
-    flat_gap: Annotated[
-        float | None,
-        typer.Option(
-            "--flat-gap", help="Rule 5: a flat bar this far from ref is bad (NQ: 50).", show_default=False
-        ),
-    ] = None,
-    reference_window: Annotated[
-        int | None,
-        typer.Option(
-            "--reference-window",
-            help="Rules 3-5: ref = median close of this many earlier bars (default 7).",
-            show_default=False,
-        ),
-    ] = None,
-    mode: Annotated[
-        str, typer.Option("--mode", help="replace: rewrite the range; append: add new keys only.")
-    ] = "replace",
-    purge: Annotated[
-        bool, typer.Option("--purge", envvar="PURGE", help="Delete the range's events first (env PURGE=1).")
-    ] = False,
-    chunk_events: Annotated[
-        int, typer.Option("--chunk-events", help="Events per chunk (one transaction each).")
-    ] = 50_000,
-    max_retries: Annotated[
-        int, typer.Option("--max-retries", help="Reconnect attempts per read or chunk.")
-    ] = 5,
-    backoff: Annotated[
-        float, typer.Option("--backoff", help="First retry delay in seconds (doubles each time).")
-    ] = 0.5,
-    resume: Annotated[
-        bool, typer.Option("--resume/--restart", help="Skip chunks an unfinished identical run committed.")
-    ] = True,
-    reader: Annotated[
-        str,
-        typer.Option(
-            "--reader", help="How bars are read: connectorx (default) or adbc (binary COPY, faster)."
-        ),
-    ] = "connectorx",
-    slice_days: Annotated[
-        int,
-        typer.Option("--slice-days", help="Days of bars per connectorx read (memory is bounded by a slice)."),
-    ] = 183,
-    export: Annotated[
-        Path | None,
-        typer.Option("--export", help="Also write the events as Parquet under DIR.", show_default=False),
-    ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
+@app.command(epilog=BACKFILL_EXAMPLES)
+def backfill(  # parameters after `anchor_arg` are named after the BackfillSettings fields they set
+    symbol: opt.Symbol,
+    start: opt.Start,
+    end: opt.End,
+    strength_arg: opt.StrengthArg = None,
+    anchor_arg: opt.AnchorArg = None,
+    strength: opt.OptionalStrength = None,
+    anchor: opt.Anchor = None,
+    database_url: opt.DatabaseUrl = None,
+    bars_table: opt.BarsTable = opt.DEFAULT_BARS_TABLE,
+    events_table: opt.EventsTable = opt.DEFAULT_EVENTS_TABLE,
+    columns: opt.Columns = None,
+    ts_convention: opt.TsConvention = opt.DEFAULT_TS_CONVENTION,
+    bar_interval: opt.BarInterval = opt.DEFAULT_BAR_INTERVAL,
+    hygiene: opt.Hygiene = None,
+    config: opt.Config = None,
+    min_price: opt.MinPrice = None,
+    discontinuity: opt.Discontinuity = None,
+    small_range: opt.SmallRange = None,
+    big_gap: opt.BigGap = None,
+    flat_gap: opt.FlatGap = None,
+    reference_window: opt.ReferenceWindow = None,
+    mode: opt.Mode = opt.DEFAULT_MODE,
+    purge: opt.Purge = False,
+    chunk_events: opt.ChunkEvents = opt.DEFAULT_CHUNK_EVENTS,
+    max_retries: opt.MaxRetries = opt.DEFAULT_MAX_RETRIES,
+    backoff_s: opt.Backoff = opt.DEFAULT_BACKOFF_S,
+    resume: opt.Resume = True,
+    reader: opt.Reader = opt.DEFAULT_READER,
+    slice_days: opt.SliceDays = opt.DEFAULT_SLICE_DAYS,
+    export_dir: opt.Export = None,
+    json_out: opt.Json = False,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Detect triangle events for SYMBOL from START to END and write them to PostgreSQL."""
+    given = dict(locals())
     with guard():
         from triangles_polars.pipeline import backfill as run_backfill
-        from triangles_polars.settings import BackfillSettings
+        from triangles_polars.progress import print_summary
 
-        k = _one_of("STRENGTH", strength_arg, "--strength", strength, 5)
-        anchor_value = _one_of("ANCHOR", anchor_arg, "--anchor", anchor, None)
-        settings = BackfillSettings(
-            symbol=symbol,
-            start=start,
-            end=end,
-            strength=k,
-            anchor=anchor_value,
-            database_url=database_url,
-            bars_table=bars_table,
-            events_table=events_table,
-            columns=_parse_columns(columns),
-            ts_convention=ts_convention,  # type: ignore[arg-type]
-            bar_interval=bar_interval,
-            hygiene=hygiene,  # type: ignore[arg-type]
-            config=config,
-            min_price=min_price,
-            discontinuity=discontinuity,
-            small_range=small_range,
-            big_gap=big_gap,
-            flat_gap=flat_gap,
-            reference_window=reference_window,
-            mode=mode,  # type: ignore[arg-type]
-            purge=purge,
-            chunk_events=chunk_events,
-            max_retries=max_retries,
-            backoff_s=backoff,
-            resume=resume,
-            export_dir=export,
-            reader=reader,  # type: ignore[arg-type]
-            slice_days=slice_days,
-        )
-        from triangles_polars.progress import BarProgress
-
-        with BarProgress(enabled=not quiet and _stderr().is_terminal) as progress:
+        settings = _backfill_settings(given)
+        with _progress(quiet) as progress:
             summary = run_backfill(settings, progress=progress)
         if json_out:
             _emit_json(summary.to_json())
         elif not quiet:
-            from triangles_polars.progress import print_summary
-
             print_summary(summary)
 
 
-def _one_of(pos_name: str, pos: Any, opt_name: str, opt: Any, default: Any) -> Any:
-    if pos is not None and opt is not None and pos != opt:
-        raise BadInput(f"{pos_name} given twice with different values ({pos} and {opt_name} {opt})")
-    return pos if pos is not None else opt if opt is not None else default
+_CLI_ONLY = ("strength_arg", "anchor_arg", "json_out", "quiet")
+
+
+def _backfill_settings(given: dict[str, Any]) -> BackfillSettings:
+    """The backfill parameters as settings: the positional STRENGTH/ANCHOR merged, --columns parsed."""
+    from triangles_polars.settings import BackfillSettings
+
+    fields = {name: value for name, value in given.items() if name not in _CLI_ONLY}
+    fields["strength"] = _one_of(
+        "STRENGTH", given["strength_arg"], "--strength", given["strength"], opt.DEFAULT_STRENGTH
+    )
+    fields["anchor"] = _one_of("ANCHOR", given["anchor_arg"], "--anchor", given["anchor"], None)
+    fields["columns"] = opt.parse_columns(given["columns"])
+    return BackfillSettings(**fields)
+
+
+def _one_of(arg_name: str, arg: Any, option_name: str, option: Any, default: Any) -> Any:
+    if arg is not None and option is not None and arg != option:
+        raise BadInput(f"{arg_name} given twice with different values ({arg} and {option_name} {option})")
+    return arg if arg is not None else option if option is not None else default
 
 
 @app.command(epilog="Example:\n\n  triangles export GLBX.MDP3:NQ 2025-01-01 2025-12-31 --out events/")
 def export(
-    symbol: Annotated[str, typer.Argument(help="Symbol of the events.")],
-    start: Annotated[str, typer.Argument(help="First UTC day (by confirmed_at).")],
-    end: Annotated[str, typer.Argument(help="Last UTC day, inclusive.")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder (hive partitions symbol=…/year=…/).")],
-    strength: Annotated[int, typer.Option("--strength", "-k")] = 5,
-    database_url: DatabaseUrl = None,
-    events_table: EventsTable = "triangle_events",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    symbol: opt.Symbol,
+    start: opt.Start,
+    end: opt.End,
+    out: opt.ExportOut,
+    strength: opt.Strength = opt.DEFAULT_STRENGTH,
+    database_url: opt.DatabaseUrl = None,
+    events_table: opt.EventsTable = opt.DEFAULT_EVENTS_TABLE,
+    json_out: opt.Json = False,
 ) -> None:
     """Export events confirmed from START to END to zstd Parquet, partitioned by symbol and year."""
     with guard():
@@ -370,24 +233,14 @@ def export(
     ),
 )
 def bars_load(
-    file: Annotated[Path, typer.Argument(help="CSV or Parquet file of bars.")],
-    symbol: Annotated[
-        str | None,
-        typer.Option("--symbol", help="Symbol for files without a symbol column.", show_default=False),
-    ] = None,
-    bars_table: BarsTable = "bars_1m",
-    columns: Annotated[
-        str | None,
-        typer.Option("--columns", help="File column names, e.g. ts=time,open=o.", show_default=False),
-    ] = None,
-    ts_convention: Annotated[
-        str, typer.Option("--ts-convention", help="open or close: what the file's ts means.")
-    ] = "open",
-    bar_interval: Annotated[
-        str, typer.Option("--bar-interval", help="Bar length for --ts-convention close.")
-    ] = "1m",
-    database_url: DatabaseUrl = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    file: opt.BarFile,
+    symbol: opt.LoadSymbol = None,
+    bars_table: opt.BarsTable = opt.DEFAULT_BARS_TABLE,
+    columns: opt.Columns = None,
+    ts_convention: opt.TsConvention = opt.DEFAULT_TS_CONVENTION,
+    bar_interval: opt.BarInterval = opt.DEFAULT_BAR_INTERVAL,
+    database_url: opt.DatabaseUrl = None,
+    json_out: opt.Json = False,
 ) -> None:
     """Load bars from FILE into the bars table (created if missing), all or nothing."""
     with guard():
@@ -400,34 +253,29 @@ def bars_load(
         frame = read_bar_file(
             file,
             symbol=symbol,
-            columns=_parse_columns(columns),
+            columns=opt.parse_columns(columns),
             ts_convention=ts_convention,
             bar_interval=parse_duration(bar_interval),
         )
         url, _ = resolve_database_url(database_url)
         loaded = ingest_bars(url, frame, bars_table)
         if json_out:
-            _emit_json(
-                {
-                    "bars_loaded": loaded,
-                    "bars_table": bars_table,
-                    "symbols": sorted(frame["symbol"].unique().to_list()),
-                }
-            )
+            symbols = sorted(frame["symbol"].unique().to_list())
+            _emit_json({"bars_loaded": loaded, "bars_table": bars_table, "symbols": symbols})
         else:
             typer.echo(f"loaded {loaded:,} bars into {bars_table}")
 
 
 @app.command(epilog="Example:\n\n  triangles plot GLBX.MDP3:NQ 2025-12-02 2025-12-02 --out nq.png")
 def plot(
-    symbol: Annotated[str, typer.Argument()],
-    start: Annotated[str, typer.Argument(help="First UTC day or timestamp.")],
-    end: Annotated[str, typer.Argument(help="Last UTC day (inclusive).")],
-    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
-    strength: Annotated[int, typer.Option("--strength", "-k")] = 5,
-    database_url: DatabaseUrl = None,
-    bars_table: BarsTable = "bars_1m",
-    events_table: EventsTable = "triangle_events",
+    symbol: opt.Symbol,
+    start: opt.Start,
+    end: opt.End,
+    out: opt.ChartOut,
+    strength: opt.Strength = opt.DEFAULT_STRENGTH,
+    database_url: opt.DatabaseUrl = None,
+    bars_table: opt.BarsTable = opt.DEFAULT_BARS_TABLE,
+    events_table: opt.EventsTable = opt.DEFAULT_EVENTS_TABLE,
 ) -> None:
     """Draw candlesticks of the window with swing pivots and triangles to a PNG (needs the plot extra)."""
     with guard():
@@ -448,25 +296,18 @@ def plot(
 
 @app.command(epilog="Example:\n\n  triangles demo\n\n  TRIANGLES_HOME=/tmp/tri triangles demo --json")
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the Parquet export and the chart.")] = Path(
-        "triangles_out"
-    ),
-    database_url: DatabaseUrl = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    out: opt.DemoOut = opt.DEFAULT_DEMO_OUT,
+    database_url: opt.DatabaseUrl = None,
+    json_out: opt.Json = False,
+    quiet: opt.Quiet = False,
 ) -> None:
     """The whole job on the embedded default: seed a year of synthetic NQ bars, backfill, export, chart."""
     with guard():
         from triangles_polars.demo import run_demo
-        from triangles_polars.progress import BarProgress
 
-        with BarProgress(enabled=not quiet and _stderr().is_terminal) as progress:
-            result = run_demo(
-                out,
-                database_url=database_url,
-                progress=progress,
-                say=None if (quiet or json_out) else typer.echo,
-            )
+        say = None if (quiet or json_out) else typer.echo
+        with _progress(quiet) as progress:
+            result = run_demo(out, database_url=database_url, progress=progress, say=say)
         if json_out:
             _emit_json(result)
 

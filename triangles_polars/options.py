@@ -1,0 +1,247 @@
+"""The ``triangles`` options and arguments, each declared once, with its help and default.
+
+Commands take these ``Annotated`` aliases as parameter types and the ``DEFAULT_*`` constants
+below as parameter defaults, so ``--help`` shows what a run really does. Help text is the
+documentation. Importing this module stays cheap (no Polars, no database drivers), so that
+``triangles --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import typer.core
+
+from triangles_polars.errors import BadInput
+
+# The library's defaults, re-exported: commands use them as parameter defaults.
+from triangles_polars.settings import DEFAULT_ANCHOR_DAYS, DEFAULT_STRENGTH
+from triangles_polars.settings import DEFAULT_BACKOFF_S as DEFAULT_BACKOFF_S
+from triangles_polars.settings import DEFAULT_BARS_TABLE as DEFAULT_BARS_TABLE
+from triangles_polars.settings import DEFAULT_CHUNK_EVENTS as DEFAULT_CHUNK_EVENTS
+from triangles_polars.settings import DEFAULT_EVENTS_TABLE as DEFAULT_EVENTS_TABLE
+from triangles_polars.settings import DEFAULT_MAX_RETRIES as DEFAULT_MAX_RETRIES
+from triangles_polars.settings import DEFAULT_SLICE_DAYS as DEFAULT_SLICE_DAYS
+
+# Defaults of BackfillSettings that settings.py has no constant for (keep them equal).
+DEFAULT_TS_CONVENTION = "open"
+DEFAULT_BAR_INTERVAL = "1m"
+DEFAULT_MODE = "replace"
+DEFAULT_READER = "connectorx"
+DEFAULT_DEMO_OUT = Path("triangles_out")
+
+
+def _default(text: object) -> str:
+    """`` [default: TEXT]`` for the help of an option whose default is derived (its value is None)."""
+    if typer.core.DEFAULT_MARKUP_MODE == "rich":  # help is Rich markup: a bare "[default: …]" is a tag
+        return f" \\[default: {text}]"
+    return f"  [default: {text}]"  # as click puts it
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``"ts=time,open=o"`` → ``{"ts": "time", "open": "o"}`` (the value of ``--columns``)."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise BadInput(f"bad --columns {text!r}: use logical=actual pairs, e.g. ts=time,open=o")
+        logical, actual = (p.strip() for p in part.split("=", 1))
+        out[logical] = actual
+    return out
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"triangles {version('triangles-polars')}")
+        raise typer.Exit()
+
+
+# ------------------------------------------------------------------------ arguments
+
+Symbol = Annotated[str, typer.Argument(help="Symbol as stored in the bars table, e.g. GLBX.MDP3:NQ.")]
+Start = Annotated[str, typer.Argument(help="First UTC day (YYYY-MM-DD) or timestamp.")]
+End = Annotated[str, typer.Argument(help="Last UTC day, inclusive (a timestamp is an exclusive bound).")]
+StrengthArg = Annotated[
+    int | None, typer.Argument(metavar="STRENGTH", help="Swing strength k, as --strength.")
+]
+AnchorArg = Annotated[str | None, typer.Argument(metavar="ANCHOR", help="Load bars from here, as --anchor.")]
+BarFile = Annotated[Path, typer.Argument(help="CSV or Parquet file of bars.")]
+
+# ------------------------------------------------------------------------ where the data is
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="PostgreSQL URL (postgresql://user:pass@host:port/db)."
+        + _default("$TRIANGLES_DATABASE_URL, else $DATABASE_URL, else the embedded server"),
+    ),
+]
+BarsTable = Annotated[str, typer.Option("--bars-table", help="Bars table (schema.table allowed).")]
+EventsTable = Annotated[str, typer.Option("--events-table", help="Events table (schema.table allowed).")]
+Columns = Annotated[
+    str | None,
+    typer.Option(
+        "--columns",
+        help="Bar column names that differ from symbol, ts, open, high, low, close, volume, "
+        "as logical=actual pairs, e.g. ts=time,open=o.",
+    ),
+]
+TsConvention = Annotated[
+    str,
+    typer.Option(
+        "--ts-convention", help="What ts is: open = the bar's open time; close = its close time (legacy)."
+    ),
+]
+BarInterval = Annotated[str, typer.Option("--bar-interval", help="Bar length: 1m, 5m, 1h, 1d …")]
+LoadSymbol = Annotated[
+    str | None, typer.Option("--symbol", help="Symbol for the rows of files without a symbol column.")
+]
+
+# ------------------------------------------------------------------------ what to detect
+
+_strength = typer.Option(
+    "--strength",
+    "-k",
+    help="Swing strength k: bars on each side of a pivot." + _default(DEFAULT_STRENGTH),
+    show_default=False,
+)
+Strength = Annotated[int, _strength]
+# backfill: None when not given, so that it can be told apart from the STRENGTH argument
+OptionalStrength = Annotated[int | None, _strength]
+Anchor = Annotated[
+    str | None,
+    typer.Option(
+        "--anchor", help="Load bars from this day or time." + _default(f"START - {DEFAULT_ANCHOR_DAYS} days")
+    ),
+]
+
+# ------------------------------------------------------------------------ hygiene
+
+Hygiene = Annotated[
+    str | None,
+    typer.Option(
+        "--hygiene",
+        help="basic (rules 1-2) or full (rules 1-5)." + _default("basic for open, full for close"),
+    ),
+]
+Config = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML file of per-instrument thresholds, keyed by symbol or root."),
+]
+
+
+def _threshold(flag: str, rule: str) -> Any:
+    return typer.Option(flag, help=rule + _default("the instrument's profile"))
+
+
+MinPrice = Annotated[
+    float | None, _threshold("--min-price", "Rule 2: bars priced below this are bad (NQ: 1000).")
+]
+Discontinuity = Annotated[
+    float | None, _threshold("--discontinuity", "Rule 3: max distance of any price from ref (NQ: 500).")
+]
+SmallRange = Annotated[
+    float | None, _threshold("--small-range", "Rule 4: a bar with high - low <= this … (NQ: 5).")
+]
+BigGap = Annotated[
+    float | None, _threshold("--big-gap", "Rule 4: … whose open is more than this from ref (NQ: 150).")
+]
+FlatGap = Annotated[
+    float | None, _threshold("--flat-gap", "Rule 5: a flat bar this far from ref is bad (NQ: 50).")
+]
+ReferenceWindow = Annotated[
+    int | None,
+    _threshold("--reference-window", "Rules 3-5: ref = median close of this many earlier bars (NQ: 7)."),
+]
+
+# ------------------------------------------------------------------------ writing and faults
+
+Mode = Annotated[str, typer.Option("--mode", help="replace: rewrite the range; append: add new keys only.")]
+Purge = Annotated[
+    bool,
+    typer.Option(
+        "--purge", envvar="PURGE", help="First delete every event of the symbol and strength in the range."
+    ),
+]
+ChunkEvents = Annotated[int, typer.Option("--chunk-events", help="Events per chunk (one transaction each).")]
+MaxRetries = Annotated[int, typer.Option("--max-retries", help="Reconnect attempts per read or chunk.")]
+Backoff = Annotated[
+    float, typer.Option("--backoff", help="First retry delay in seconds (doubles each time).")
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume/--restart", help="Skip the chunks an unfinished identical run committed, or start over."
+    ),
+]
+Reader = Annotated[
+    str, typer.Option("--reader", help="How bars are read: connectorx, or adbc (binary COPY, faster).")
+]
+SliceDays = Annotated[
+    int, typer.Option("--slice-days", help="Days of bars per read (memory is bounded by a slice).")
+]
+
+# ------------------------------------------------------------------------ output
+
+Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")]
+Export = Annotated[
+    Path | None,
+    typer.Option("--export", metavar="DIR", help="Also write the events as Parquet under DIR."),
+]
+ExportOut = Annotated[Path, typer.Option("--out", help="Output folder (hive partitions symbol=…/year=…/).")]
+ChartOut = Annotated[Path, typer.Option("--out", help="PNG file to write.")]
+DemoOut = Annotated[Path, typer.Option("--out", help="Folder for the Parquet export and the chart.")]
+Version = Annotated[
+    bool,
+    typer.Option(
+        "--version", "-V", help="Show the version and exit.", callback=_print_version, is_eager=True
+    ),
+]
+
+# ------------------------------------------------------------------------ how they show in --help
+
+_REQUIRED_ARGUMENT = re.compile(r"\{([^}]*)\}")
+
+
+def _flags_without_metavar(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False):  # a flag takes no value: no "<bool>" after it
+            param.metavar = ""
+    return params
+
+
+class Command(typer.core.TyperCommand):
+    """Usage reads ``SYMBOL START END [STRENGTH]`` (not ``{symbol}``); flags show no ``<bool>``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        return [_REQUIRED_ARGUMENT.sub(lambda m: m.group(1).upper(), piece) for piece in pieces]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
+
+
+class Group(typer.core.TyperGroup):
+    """A command group whose flags (``--help``, ``--version``) show no ``<bool>``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """A Typer app whose groups and commands use :class:`Group` and :class:`Command`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=Group, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
