@@ -18,6 +18,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.results import Cpu
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "benchmarks"
 DATA_DIR = BENCH_DIR / ".data"
@@ -33,8 +35,9 @@ SEED = 20251231
 DAILY_DAY = date(2025, 12, 2)
 DAILY_ANCHOR = "2025-11-30T23:00:00Z"
 
-# Event columns in table order (SPEC §4). Spelled out here so the baseline worker needs no Polars;
-# the suite checks at start-up that they match the product's.
+# Event columns in table order (docs/contract.md#triangle-events). Spelled out here so the baseline
+# and floor workers need no Polars; the suite checks at start-up that they match the product's
+# (``triangles_polars.schema.EVENT_COLUMNS``).
 EVENT_COLUMNS = (
     "symbol",
     "strength",
@@ -171,10 +174,10 @@ def peak_rss_kb() -> int:
 
 
 class CpuMeter:
-    """Wall time and CPU spent over a block: ``wall_s``, this process's CPU seconds (all threads)
-    and the whole machine's busy core-seconds from ``/proc/stat`` (server backends and kernel
-    included; so is any other work on the machine, which is why the suite records the load
-    average too)."""
+    """Wall time and CPU spent over a block: ``wall_s``, and ``cpu`` (:class:`Cpu`): this process's
+    CPU seconds (all threads) and the whole machine's busy core-seconds from ``/proc/stat`` (server
+    backends and kernel included; so is any other work on the machine, which is why the suite
+    records the load average too)."""
 
     def __enter__(self) -> CpuMeter:
         self._start = self._read()
@@ -184,9 +187,7 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.perf_counter() - self._began
         end = self._read()
-        self.process_cpu_s, self.machine_busy_core_s, self.machine_core_s = (
-            round(b - a, 3) for a, b in zip(self._start, end, strict=True)
-        )
+        self.cpu = Cpu(*(round(b - a, 3) for a, b in zip(self._start, end, strict=True)))
 
     @staticmethod
     def _read() -> tuple[float, float, float]:
@@ -202,13 +203,6 @@ class CpuMeter:
         except (OSError, ValueError, IndexError):
             pass  # not Linux: machine figures stay 0
         return usage.ru_utime + usage.ru_stime, busy, total
-
-    def figures(self) -> dict[str, float]:
-        return {
-            "process_cpu_s": self.process_cpu_s,
-            "machine_busy_core_s": self.machine_busy_core_s,
-            "machine_core_s": self.machine_core_s,
-        }
 
 
 def last_json_line(text: str) -> dict[str, Any]:

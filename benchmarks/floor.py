@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import io
 from datetime import datetime
-from typing import Any
 
 from benchmarks.common import EVENT_COLUMNS, CpuMeter, pg_connect
+from benchmarks.results import RunResult
 
 
 class _CountingSink:
@@ -40,7 +40,7 @@ def run_floor(
     end_exclusive: datetime,
     source_events_table: str | None,
     events_table: str | None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Time the read floor and (if a source of events is given) the write floor."""
     conn = pg_connect(url)
     meters: dict[str, CpuMeter] = {}  # per stage: the timed parts only (not the dump of the events)
@@ -76,13 +76,13 @@ def run_floor(
                 meters["write"] = write
     finally:
         conn.close()
-    stages = {stage: meter.wall_s for stage, meter in meters.items()}
-    return {
-        "e2e_s": sum(stages.values()),
-        "stage_seconds": stages,
-        "bars": bars,
-        "events": events,
-        "read_bytes": read_bytes,
-        "write_bytes": write_bytes,
-        **{key: round(sum(m.figures()[key] for m in meters.values()), 3) for key in meters["read"].figures()},
-    }
+    cpu = meters["read"].cpu + meters["write"].cpu if "write" in meters else meters["read"].cpu
+    return RunResult(
+        contender="floor",
+        e2e_s=sum(meter.wall_s for meter in meters.values()),
+        stage_seconds={stage: meter.wall_s for stage, meter in meters.items()},
+        bars=bars,
+        events=events,
+        cpu=cpu,
+        counts={"read_bytes": read_bytes, "write_bytes": write_bytes},
+    )

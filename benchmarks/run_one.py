@@ -10,10 +10,10 @@ The database URL comes from the ``BENCH_DATABASE_URL`` environment variable (nev
 password stays out of process listings). The full-history range is START = first day + 7 days,
 END = last day, bars from the first day (the product's default anchor, START - 7 days).
 
-The JSON line has ``e2e_s`` (the job, timed inside the process after imports), ``stage_seconds``,
-``bars``, ``events``, ``import_s``, ``vm_hwm_kb`` (this process's peak RSS, from
-``/proc/self/status``) and ``ru_maxrss_kb``. The suite also times the process from outside and
-reads its peak RSS with ``wait4`` through the ``benchmarks.spawn`` launcher.
+The JSON line is a :class:`benchmarks.results.RunResult`: ``e2e_s`` (the job, timed inside the
+process after imports), ``stage_seconds``, ``bars``, ``events``, ``import_s``, the CPU figures, the
+contender's counts and ``self_reported_peak_rss_mb`` (``VmHWM``). The suite also times the process
+from outside and reads its peak RSS with ``wait4`` through the ``benchmarks.spawn`` launcher.
 """
 
 from __future__ import annotations
@@ -21,20 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
 from benchmarks.common import STRENGTH, SYMBOL, URL_ENV, CpuMeter, Size, peak_rss_kb
+from benchmarks.results import RunResult
 
 CONTENDERS = ("product", "product_adbc", "baseline", "floor")
 # The product's contenders: settings that differ from the defaults.
 PRODUCT_VARIANTS: dict[str, dict[str, Any]] = {"product": {}, "product_adbc": {"reader": "adbc"}}
 
 
-def _product(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
+def _product(url: str, size: Size, args: argparse.Namespace) -> RunResult:
     tick = time.perf_counter()
     from triangles_polars import BackfillSettings, backfill
 
@@ -49,40 +50,41 @@ def _product(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
         events_table=args.events_table,
         **PRODUCT_VARIANTS[args.contender],
     )
-    with CpuMeter() as cpu:
+    with CpuMeter() as meter:
         summary = backfill(settings)
-    return {
-        "import_s": imported,
-        **cpu.figures(),
-        "e2e_s": cpu.wall_s,
-        "stage_seconds": dict(summary.stage_seconds),
-        "bars": summary.bars_processed,
-        "events": summary.triangles,
-        "bad_bars": summary.bad_bars_skipped,
-        "chunks": summary.chunks,
-        "commits": summary.commits,
-        "retries": summary.retries,
-        "rows_inserted": summary.rows_inserted,
-        "summary_duration_s": summary.duration_s,
-        "settings": {
+    return RunResult(
+        contender=args.contender,
+        e2e_s=meter.wall_s,
+        stage_seconds=dict(summary.stage_seconds),
+        bars=summary.bars_processed,
+        events=summary.triangles,
+        import_s=imported,
+        cpu=meter.cpu,
+        counts={
+            "bad_bars": summary.bad_bars_skipped,
+            "chunks": summary.chunks,
+            "commits": summary.commits,
+            "retries": summary.retries,
+            "rows_inserted": summary.rows_inserted,
+        },
+        settings={
             "reader": settings.reader,
             "slice_days": settings.slice_days,
             "prefetch": settings.prefetch,
             "chunk_events": settings.chunk_events,
         },
-    }
+    )
 
 
-def _baseline(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
+def _baseline(url: str, size: Size, args: argparse.Namespace) -> RunResult:
     tick = time.perf_counter()
     import psycopg2.extras  # noqa: F401  (timed as an import, like the product's)
 
-    import tests.reference  # noqa: F401
     from benchmarks.baseline import run_baseline
 
     imported = time.perf_counter() - tick
     anchor, start, end_exclusive = size.range_bounds()
-    with CpuMeter() as cpu:
+    with CpuMeter() as meter:
         result = run_baseline(
             url,
             symbol=args.symbol,
@@ -93,16 +95,16 @@ def _baseline(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
             start=start,
             end_exclusive=end_exclusive,
         )
-    return {"import_s": imported, **result, **cpu.figures()}
+    return replace(result, import_s=imported, cpu=meter.cpu)
 
 
-def _floor(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
+def _floor(url: str, size: Size, args: argparse.Namespace) -> RunResult:
     tick = time.perf_counter()
     from benchmarks.floor import run_floor
 
     imported = time.perf_counter() - tick
     anchor, _start, end_exclusive = size.range_bounds()
-    result = run_floor(
+    result = run_floor(  # meters its two timed parts itself
         url,
         symbol=args.symbol,
         bars_table=args.bars_table,
@@ -111,7 +113,7 @@ def _floor(url: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
         source_events_table=args.source_events_table,
         events_table=args.events_table if args.source_events_table else None,
     )
-    return {"import_s": imported, **result}  # run_floor meters its two timed parts itself
+    return replace(result, import_s=imported)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,10 +135,14 @@ def main(argv: list[str] | None = None) -> None:
         args.contender
     ]
     result = run(url, size, args)
-    result["contender"] = args.contender
-    result["ru_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result["vm_hwm_kb"] = peak_rss_kb()
-    sys.stdout.write(json.dumps(result, default=str) + "\n")
+    result = replace(  # rates are derived from these, so they are rounded once, here
+        result,
+        e2e_s=round(result.e2e_s, 4),
+        stage_seconds={stage: round(s, 4) for stage, s in result.stage_seconds.items()},
+        import_s=round(result.import_s or 0.0, 4),
+        self_reported_peak_rss_mb=round(peak_rss_kb() / 1024, 1),
+    )
+    sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
     sys.stdout.flush()
 
 

@@ -17,9 +17,10 @@ import json
 import os
 import re
 import shutil
-import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,11 @@ from benchmarks.common import (
     DATA_DIR,
     EVENT_COLUMNS,
     README,
+    REPO_ROOT,
     RESULTS_DIR,
     STRENGTH,
     SYMBOL,
     URL_ENV,
-    ChildResult,
     Size,
     last_json_line,
     machine_info,
@@ -42,10 +43,9 @@ from benchmarks.common import (
     run_child,
     table,
 )
+from benchmarks.results import PRODUCTS, Check, DailyResult, DailyRun, RunResult, SizeResult, SuiteResult
 
 ALL_CONTENDERS = ("product", "product_adbc", "floor", "baseline", "daily")
-# The product's contenders, measured alike (``product`` = default settings, the headline).
-PRODUCTS = ("product", "product_adbc")
 QUICK_SIZES = (Size.of_days(14), Size.of_days(42))
 DEFAULT_YEARS = (1, 4, 16)
 WORKER_TIMEOUT_S = 4 * 3600.0
@@ -163,14 +163,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_server(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    from triangles_polars.db import mask_url
+    """The database URL, and what the results record of the server (no password, no local path)."""
+    from triangles_polars.masking import mask_url
 
     if args.database_url:
         return args.database_url, {"kind": "external", "url": mask_url(args.database_url)}
     from triangles_polars.embedded import start_server
 
     url = start_server(args.pgdata)
-    return url, {"kind": "embedded", "pgdata": str(args.pgdata), "url": mask_url(url)}
+    pgdata = args.pgdata.resolve()
+    shown = pgdata.relative_to(REPO_ROOT) if pgdata.is_relative_to(REPO_ROOT) else Path("<elsewhere>")
+    return url, {"kind": "embedded", "pgdata": shown.as_posix()}
 
 
 def checkpoint(url: str) -> None:
@@ -181,8 +184,8 @@ def checkpoint(url: str) -> None:
 
 def create_events_table(url: str, name: str) -> None:
     """(Re)create an empty events table with the product's DDL."""
+    from triangles_polars.schema import events_table_ddl
     from triangles_polars.settings import split_table_name
-    from triangles_polars.sink import events_table_ddl
 
     pg_execute(url, f"DROP TABLE IF EXISTS {name}")
     schema, bare = split_table_name(name, "events table")
@@ -195,21 +198,11 @@ def create_events_table(url: str, name: str) -> None:
 
 def run_worker(
     url: str, contender: str, size: Size, bars_table: str, events_table: str, **extra: str
-) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.run_one",
-        contender,
-        "--bars-table",
-        bars_table,
-        "--events-table",
-        events_table,
-        "--first-day",
-        size.first_day.isoformat(),
-        "--last-day",
-        size.last_day.isoformat(),
-    ]
+) -> RunResult:
+    """One run of a contender in a process of its own, measured from outside too."""
+    cmd = [sys.executable, "-m", "benchmarks.run_one", contender, "--bars-table", bars_table]
+    cmd += ["--events-table", events_table, "--first-day", size.first_day.isoformat()]
+    cmd += ["--last-day", size.last_day.isoformat()]
     for key, value in extra.items():
         cmd += [f"--{key.replace('_', '-')}", value]
     child = run_child(cmd, env={URL_ENV: url}, timeout=WORKER_TIMEOUT_S)
@@ -217,54 +210,23 @@ def run_worker(
         raise RuntimeError(
             f"{contender} on {size.label} failed (exit {child.returncode}):\n{child.stderr[-3000:]}"
         )
-    result = last_json_line(child.stdout)
-    return finish_figures(result, child)
+    run = RunResult.from_json(last_json_line(child.stdout))
+    return run.measured_from_outside(child.wall_s, child.maxrss_kb)
 
 
-def finish_figures(result: dict[str, Any], child: ChildResult) -> dict[str, Any]:
-    """Add the figures every contender reports: rates, per-bar time, peak RSS, process wall."""
-    e2e = float(result["e2e_s"])
-    bars = int(result.get("bars") or 0)
-    events = int(result.get("events") or 0)
-    result["e2e_s"] = round(e2e, 4)
-    result["stage_seconds"] = {k: round(float(v), 4) for k, v in result.get("stage_seconds", {}).items()}
-    result["bars_per_s"] = round(bars / e2e) if e2e > 0 else None
-    result["events_per_s"] = round(events / e2e) if e2e > 0 else None
-    result["us_per_bar"] = round(e2e / bars * 1e6, 4) if bars else None
-    result["peak_rss_mb"] = round(child.maxrss_kb / 1024, 1)
-    if result.get("vm_hwm_kb"):
-        result["self_reported_peak_rss_mb"] = round(result["vm_hwm_kb"] / 1024, 1)
-    result["process_wall_s"] = round(child.wall_s, 4)
-    if "import_s" in result:
-        result["import_s"] = round(float(result["import_s"]), 4)
-    return result
-
-
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median end-to-end time (lower middle for an even count), plus all times."""
-    ordered = sorted(runs, key=lambda r: r["e2e_s"])
-    chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["runs_e2e_s"] = [r["e2e_s"] for r in runs]
-    chosen["runs_peak_rss_mb"] = [r["peak_rss_mb"] for r in runs]
-    chosen["repeats"] = len(runs)
-    return chosen
-
-
-def ratio_keys(name: str) -> dict[str, str]:
-    """Keys of a product contender's ratios in ``entry["ratios"]`` (``product`` keeps the old ones)."""
-    if name == "product":
-        return {
-            "over_floor": "product_over_floor",
-            "read": "read_over_read_floor",
-            "write": "write_over_write_floor",
-            "baseline": "baseline_over_product",
-        }
-    return {
-        "over_floor": f"{name}_over_floor",
-        "read": f"{name}_read_over_read_floor",
-        "write": f"{name}_write_over_write_floor",
-        "baseline": f"baseline_over_{name}",
-    }
+def repeat(times: int, prepare: Callable[[], None], run: Callable[[], RunResult]) -> RunResult:
+    """``times`` runs, each after ``prepare`` (a fresh table, a CHECKPOINT); the median one, holding all."""
+    runs = []
+    for i in range(times):
+        prepare()
+        run_i = run()
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in run_i.stage_seconds.items())
+        say(
+            f"    {run_i.contender:<12} #{i + 1}: {run_i.e2e_s:8.2f} s  {run_i.events:,} events  "
+            f"{run_i.peak_rss_mb} MB  ({stages})"
+        )
+        runs.append(run_i)
+    return RunResult.median(runs)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -272,7 +234,7 @@ def ratio_keys(name: str) -> dict[str, str]:
 
 def compare_events(
     url: str, left: str, right: str, where: str = "TRUE", params: tuple[Any, ...] = ()
-) -> dict[str, Any]:
+) -> Check:
     """Row-for-row comparison with SQL ``EXCEPT`` both ways (plus the row counts)."""
     cols = ", ".join(EVENT_COLUMNS)
     rows = pg_execute(
@@ -286,34 +248,32 @@ def compare_events(
         params * 6,
     )
     n_left, n_right, only_left, only_right = (int(v) for v in rows[0])
-    return {
-        "identical": n_left == n_right and only_left == 0 and only_right == 0,
-        "rows": {left: n_left, right: n_right},
-        "only_in": {left: only_left, right: only_right},
-    }
+    return Check(
+        n_left == n_right and only_left == 0 and only_right == 0,
+        {left: n_left, right: n_right},
+        {left: only_left, right: only_right},
+    )
 
 
 # ---------------------------------------------------------------------------- one size
 
 
-def run_size(url: str, args: argparse.Namespace, size: Size, workload: dict[str, Any]) -> dict[str, Any]:
-    schema = args.schema
+def run_size(url: str, args: argparse.Namespace, size: Size, workload: dict[str, Any]) -> SizeResult:
     bars_table = workload["bars_table"]
-    tables = {name: table(schema, f"ev_{name}_{size.label}") for name in (*PRODUCTS, "baseline", "floor")}
-    entry: dict[str, Any] = {
-        "size": size.label,
-        "years": size.years,
-        "first_day": size.first_day.isoformat(),
-        "last_day": size.last_day.isoformat(),
-        "start": size.start.isoformat(),
-        "end": size.end.isoformat(),
-        "bars_table": bars_table,
-        "bars_in_table": workload["rows"],
-        "events_tables": tables,
-        "contenders": {},
-        "checks": {},
-        "ratios": {},
+    tables = {
+        name: table(args.schema, f"ev_{name}_{size.label}") for name in (*PRODUCTS, "baseline", "floor")
     }
+    result = SizeResult(
+        size=size.label,
+        years=size.years,
+        first_day=size.first_day.isoformat(),
+        last_day=size.last_day.isoformat(),
+        start=size.start.isoformat(),
+        end=size.end.isoformat(),
+        bars_table=bars_table,
+        bars_in_table=workload["rows"],
+        events_tables=tables,
+    )
     # Warm-up read (not timed): every contender finds the bars in the same caches.
     anchor, _start, end_exclusive = size.range_bounds()
     pg_execute(
@@ -321,100 +281,58 @@ def run_size(url: str, args: argparse.Namespace, size: Size, workload: dict[str,
         f"SELECT count(*), sum(close) FROM {bars_table} WHERE symbol = %s AND ts >= %s AND ts < %s",
         (SYMBOL, anchor, end_exclusive),
     )
-    contenders = set(args.contenders)
+    contenders, runs = set(args.contenders), result.runs
+
+    def fresh(name: str, create: bool) -> Callable[[], None]:
+        def prepare() -> None:
+            if create:
+                create_events_table(url, tables[name])
+            else:  # the product creates its own table, as on a first run
+                pg_execute(url, f"DROP TABLE IF EXISTS {tables[name]}")
+            checkpoint(url)
+
+        return prepare
 
     for name in PRODUCTS:
-        if name not in contenders:
-            continue
-        runs = []
-        for i in range(args.repeat):
-            # The product creates its own table (as on a first run); each repeat starts empty.
-            pg_execute(url, f"DROP TABLE IF EXISTS {tables[name]}")
-            checkpoint(url)
-            run = run_worker(url, name, size, bars_table, tables[name])
-            say(
-                f"    {name:<12} #{i + 1}: {run['e2e_s']:8.2f} s  {run['events']:,} events  "
-                f"{run['peak_rss_mb']} MB"
+        if name in contenders:
+            runs[name] = repeat(
+                args.repeat,
+                fresh(name, False),
+                lambda n=name: run_worker(url, n, size, bars_table, tables[n]),
             )
-            runs.append(run)
-        entry["contenders"][name] = median_run(runs)
-
     if "floor" in contenders:
         # The write floor re-loads the product's events (the default product's, else product_adbc's).
-        source = next((tables[name] for name in PRODUCTS if name in contenders), None)
-        runs = []
-        for i in range(args.repeat):
-            create_events_table(url, tables["floor"])
-            checkpoint(url)
-            extra = {"source_events_table": source} if source else {}
-            run = run_worker(url, "floor", size, bars_table, tables["floor"], **extra)
-            say(
-                f"    floor        #{i + 1}: {run['e2e_s']:8.2f} s  "
-                f"(read {run['stage_seconds'].get('read', 0):.2f}, write {run['stage_seconds'].get('write', 0):.2f})"
-            )
-            runs.append(run)
-        floor = median_run(runs)
-        if not source:
-            floor["note"] = "write floor not measured: it re-loads the product's events (run the product too)"
-        entry["contenders"]["floor"] = floor
-
+        source = next((name for name in PRODUCTS if name in runs), None)
+        extra = {"source_events_table": tables[source]} if source else {}
+        floor = repeat(
+            args.repeat,
+            fresh("floor", True),
+            lambda: run_worker(url, "floor", size, bars_table, tables["floor"], **extra),
+        )
+        note = "write floor not measured: it re-loads the product's events (run the product too)"
+        runs["floor"] = floor if source else replace(floor, note=note)
     if "baseline" in contenders:
         if size.years <= args.baseline_max_years:
-            create_events_table(url, tables["baseline"])
-            checkpoint(url)
-            run = run_worker(url, "baseline", size, bars_table, tables["baseline"])
-            run.update(repeats=1, runs_e2e_s=[run["e2e_s"]], runs_peak_rss_mb=[run["peak_rss_mb"]])
-            say(
-                f"    baseline       : {run['e2e_s']:8.2f} s  {run['events']:,} events  {run['peak_rss_mb']} MB"
+            runs["baseline"] = repeat(
+                1,
+                fresh("baseline", True),
+                lambda: run_worker(url, "baseline", size, bars_table, tables["baseline"]),
             )
-            entry["contenders"]["baseline"] = run
         else:
-            entry["contenders"]["baseline"] = {
-                "skipped": f"not run: {size.label} is over --baseline-max-years {args.baseline_max_years:g}"
-            }
+            result.skipped["baseline"] = (
+                f"not run: {size.label} is over --baseline-max-years {args.baseline_max_years:g}"
+            )
 
-    measured = {k: v for k, v in entry["contenders"].items() if "e2e_s" in v}
-    # Events: each product contender against the baseline, product_adbc against the product too.
-    if "baseline" in measured and "product" in measured:
-        check = compare_events(url, tables["baseline"], tables["product"])
-        entry["checks"]["baseline_vs_product"] = check
-        entry["events_identical"] = check["identical"]
-    else:
-        entry["events_identical"] = None
-    if "product_adbc" in measured:
-        if "baseline" in measured:
-            entry["checks"]["baseline_vs_product_adbc"] = compare_events(
-                url, tables["baseline"], tables["product_adbc"]
-            )
-        if "product" in measured:
-            entry["checks"]["product_adbc_vs_product"] = compare_events(
-                url, tables["product_adbc"], tables["product"]
-            )
-    adbc_checks = [c["identical"] for k, c in entry["checks"].items() if "product_adbc" in k]
-    entry["product_adbc_events_identical"] = all(adbc_checks) if adbc_checks else None
-    if "floor" in measured and measured["floor"].get("events"):
-        source = next((name for name in PRODUCTS if name in measured), None)
-        if source:
-            entry["checks"][f"floor_vs_{source}"] = compare_events(url, tables["floor"], tables[source])
-
-    floor, baseline = measured.get("floor"), measured.get("baseline")
-    for name in PRODUCTS:
-        product, keys = measured.get(name), ratio_keys(name)
-        if product and floor and "write" in floor["stage_seconds"]:
-            entry["ratios"][keys["over_floor"]] = round(product["e2e_s"] / floor["e2e_s"], 3)
-            entry["ratios"][keys["read"]] = round(
-                product["stage_seconds"]["read"] / floor["stage_seconds"]["read"], 3
-            )
-            entry["ratios"][keys["write"]] = round(
-                product["stage_seconds"]["write"] / floor["stage_seconds"]["write"], 3
-            )
-        if product and baseline:
-            entry["ratios"][keys["baseline"]] = round(baseline["e2e_s"] / product["e2e_s"], 2)
-    if "product" in measured and "product_adbc" in measured:
-        entry["ratios"]["product_over_product_adbc"] = round(
-            measured["product"]["e2e_s"] / measured["product_adbc"]["e2e_s"], 3
-        )
-    return entry
+    # Events: each product contender against the baseline, product_adbc against the product too,
+    # and the floor's (a copy of the product's) against its source.
+    pairs = [("baseline", "product"), ("baseline", "product_adbc"), ("product_adbc", "product")]
+    source = next((name for name in PRODUCTS if name in runs), None)
+    if "floor" in runs and runs["floor"].events and source:
+        pairs.append(("floor", source))
+    for left, right in pairs:
+        if left in runs and right in runs:
+            result.checks[f"{left}_vs_{right}"] = compare_events(url, tables[left], tables[right])
+    return result
 
 
 # ---------------------------------------------------------------------------- the 1-day run
@@ -429,25 +347,13 @@ def triangles_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "triangles_polars.cli"]
 
 
-def run_daily(url: str, args: argparse.Namespace, size: Size, bars_table: str) -> dict[str, Any]:
+def run_daily(url: str, args: argparse.Namespace, size: Size, bars_table: str) -> DailyResult:
     """The field report's small-range test, through the real CLI, timed from outside."""
     events_table = table(args.schema, "ev_daily")
     day = DAILY_DAY.isoformat()
-    command = [
-        *triangles_command(),
-        "backfill",
-        SYMBOL,
-        day,
-        day,
-        str(STRENGTH),
-        DAILY_ANCHOR,
-        "--bars-table",
-        bars_table,
-        "--events-table",
-        events_table,
-        "--quiet",
-        "--json",
-    ]
+    cli = triangles_command()
+    command = [*cli, "backfill", SYMBOL, day, day, str(STRENGTH), DAILY_ANCHOR]
+    command += ["--bars-table", bars_table, "--events-table", events_table, "--quiet", "--json"]
     # As in the report: PURGE=1 and the database from the environment.
     env = {"TRIANGLES_DATABASE_URL": url, "PURGE": "1"}
     pg_execute(url, f"DROP TABLE IF EXISTS {events_table}")
@@ -458,50 +364,31 @@ def run_daily(url: str, args: argparse.Namespace, size: Size, bars_table: str) -
             raise RuntimeError(f"1-day run failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
         summary = last_json_line(child.stdout)
         runs.append(
-            {
-                "wall_s": round(child.wall_s, 4),
-                "duration_s": summary["duration_s"],
-                "peak_rss_mb": round(child.maxrss_kb / 1024, 1),
-                "bars_processed": summary["bars_processed"],
-                "triangles": summary["triangles"],
-                "stage_seconds": summary.get("stage_seconds", {}),
-                "commits": summary["commits"],
-            }
+            DailyRun(
+                wall_s=round(child.wall_s, 4),
+                duration_s=summary["duration_s"],
+                peak_rss_mb=round(child.maxrss_kb / 1024, 1),
+                bars_processed=summary["bars_processed"],
+                triangles=summary["triangles"],
+                stage_seconds=summary.get("stage_seconds", {}),
+                commits=summary["commits"],
+            )
         )
         label = "warm-up" if i == 0 else f"#{i}"
         say(f"    1-day {label:>7}: {child.wall_s:6.3f} s wall, {summary['triangles']} events")
-    warmup, timed = runs[0], runs[1:]
-    walls = [r["wall_s"] for r in timed]
-    typical = sorted(timed, key=lambda r: r["wall_s"])[(len(timed) - 1) // 2]
-    result: dict[str, Any] = {
-        "command": " ".join(["PURGE=1", "triangles", *command[len(triangles_command()) :]]),
-        "bars_table": bars_table,
-        "events_table": events_table,
-        "runs": len(timed),
-        "wall_s_median": round(statistics.median(walls), 4),
-        "wall_s_min": round(min(walls), 4),
-        "wall_s_max": round(max(walls), 4),
-        "warmup_wall_s": warmup["wall_s"],
-        "in_process_s_median": round(statistics.median(r["duration_s"] for r in timed), 4),
-        "process_overhead_s_median": round(
-            statistics.median(r["wall_s"] - r["duration_s"] for r in timed), 4
-        ),
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in timed),
-        "bars_processed": typical["bars_processed"],
-        "triangles": typical["triangles"],
-        "stage_seconds": typical["stage_seconds"],
-        "all_runs": runs,
-    }
+    result = DailyResult(
+        command=" ".join(["PURGE=1", "triangles", *command[len(cli) :]]),
+        bars_table=bars_table,
+        events_table=events_table,
+        all_runs=runs,
+    )
     # The incremental run must give the same events as the full-history run for that day.
     source = next((name for name in PRODUCTS if name in args.contenders), None)
     if source:
         full = table(args.schema, f"ev_{source}_{size.label}")
         lo = datetime(DAILY_DAY.year, DAILY_DAY.month, DAILY_DAY.day, tzinfo=UTC)
-        check = compare_events(
-            url, events_table, full, "confirmed_at >= %s AND confirmed_at < %s", (lo, lo + timedelta(days=1))
-        )
-        result["matches_full_history"] = check["identical"]
-        result["check"] = check
+        where, bounds = "confirmed_at >= %s AND confirmed_at < %s", (lo, lo + timedelta(days=1))
+        result.check = compare_events(url, events_table, full, where, bounds)
     return result
 
 
@@ -513,28 +400,26 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks import report
 
     if args.render:
-        result = json.loads(args.render.read_text())
-        result["targets"] = report.evaluate_targets(result)  # with the current rules
-        outputs = report.write_outputs(result, args.out, args.readme, json_path=args.render)
+        suite = SuiteResult.from_json(json.loads(args.render.read_text()))
+        outputs = report.write_outputs(suite, args.out, args.readme, json_path=args.render)
         say("\n".join(f"wrote {p}" for p in outputs))
         return
 
-    from triangles_polars.detect import EVENT_COLUMNS as PRODUCT_COLUMNS
+    from triangles_polars.schema import EVENT_COLUMNS as PRODUCT_COLUMNS
 
     if tuple(PRODUCT_COLUMNS) != EVENT_COLUMNS:
         raise SystemExit(f"benchmarks.common.EVENT_COLUMNS is out of date: product has {PRODUCT_COLUMNS}")
 
     began = time.perf_counter()
     url, server = resolve_server(args)
-    say(f"server: {server['url']}")
+    say(f"server: {server.get('url') or server['kind'] + ' (' + server['pgdata'] + ')'}")
     sizes = list(QUICK_SIZES) if args.quick else [Size.of_years(y) for y in sorted(set(args.years))]
-    result: dict[str, Any] = {
-        "suite": "triangles_polars benchmarks",
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "machine": machine_info(url),
-        "server": server,
-        "config": {
+    suite = SuiteResult(
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        quick=args.quick,
+        machine=machine_info(url),
+        server=server,
+        config={
             "symbol": SYMBOL,
             "strength": STRENGTH,
             "sizes": [s.label for s in sizes],
@@ -545,41 +430,38 @@ def main(argv: list[str] | None = None) -> None:
             "schema": args.schema,
             "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
         },
-        "notes": [],
-        "workloads": {},
-        "sizes": [],
-        "daily": None,
-    }
+    )
     from benchmarks.workloads import ensure_schema, ensure_workload
 
     say("workloads:")
     ensure_schema(url, args.schema)
     for size in sizes:
-        result["workloads"][size.label] = ensure_workload(url, args.schema, size, say=say)
+        suite.workloads[size.label] = ensure_workload(url, args.schema, size, say=say)
 
     for size in sizes:
-        say(f"{size.label} ({result['workloads'][size.label]['rows']:,} bars, {size.start} .. {size.end}):")
-        result["sizes"].append(run_size(url, args, size, result["workloads"][size.label]))
+        workload = suite.workloads[size.label]
+        say(f"{size.label} ({workload['rows']:,} bars, {size.start} .. {size.end}):")
+        suite.sizes.append(run_size(url, args, size, workload))
 
     skipped = [s.label for s in sizes if s.years > args.baseline_max_years]
     if "baseline" in args.contenders and skipped:
-        result["notes"].append(
+        suite.notes.append(
             f"baseline not run on {', '.join(skipped)} (over --baseline-max-years "
             f"{args.baseline_max_years:g}); ratios against it are computed where it was measured"
         )
 
     if "daily" in args.contenders:
         largest = sizes[-1]
-        say(f"1-day incremental run on {result['workloads'][largest.label]['bars_table']}:")
-        result["daily"] = run_daily(url, args, largest, result["workloads"][largest.label]["bars_table"])
+        bars_table = suite.workloads[largest.label]["bars_table"]
+        say(f"1-day incremental run on {bars_table}:")
+        suite.daily = run_daily(url, args, largest, bars_table)
 
-    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    result["suite_wall_s"] = round(time.perf_counter() - began, 1)
-    result["targets"] = report.evaluate_targets(result)
-    outputs = report.write_outputs(result, args.out, args.readme)
+    suite.machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    suite.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+    suite.suite_wall_s = round(time.perf_counter() - began, 1)
+    outputs = report.write_outputs(suite, args.out, args.readme)
     say("")
-    say(report.markdown(result, chart=None))
+    say(report.markdown(suite, chart=None))
     say("\n".join(f"wrote {p}" for p in outputs))
 
     if args.stop_server and server["kind"] == "embedded":

@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     for run in range(1, args.runs + 1):
         pg_execute(url, f"DROP TABLE IF EXISTS {events_table}")
         pg_execute(url, "CHECKPOINT")
-        with CpuMeter() as cpu:
+        with CpuMeter() as meter:
             summary = backfill(settings)
         stages = ", ".join(f"{k} {v:.2f}" for k, v in summary.stage_seconds.items())
         print(
-            f"run {run}: {cpu.wall_s:.2f} s wall, {cpu.process_cpu_s:.2f} s process CPU, "
-            f"{cpu.machine_busy_core_s:.2f} busy core-s (machine); stages: {stages}; "
+            f"run {run}: {meter.wall_s:.2f} s wall, {meter.cpu.process_s:.2f} s process CPU, "
+            f"{meter.cpu.machine_busy_core_s:.2f} busy core-s (machine); stages: {stages}; "
             f"{summary.triangles:,} events",
             flush=True,
         )
