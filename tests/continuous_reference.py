@@ -7,10 +7,15 @@ Written from the rules as a user reads them, not from the vectorised code:
   the root's outright futures);
 * per session, the outright (class ``F``) of the root with the largest volume in the previous
   session (the first session: its own); a tie keeps the current contract, other ties go to the
-  earliest expiration then the symbol; never a contract expiring before the current one;
+  earliest expiration then the symbol; never a contract expiring before the current one (a
+  contract without an expiration neither blocks nor is blocked, so the series may come back to
+  a contract it left);
 * a roll's gap is ``close(to) − close(from)`` at the latest shared bar time before the roll
   (both bars with a close), null if there is none; with ``difference`` each bar is shifted by
-  the sum of the (non-null) gaps of the rolls after its session.
+  the sum of the (non-null) gaps of the rolls after its session, whatever its contract.
+
+Bars with rows but no outright of the root are an error of the product (``BadInput``); the tests
+check that themselves, and this reference just gives an empty series for them.
 """
 
 from __future__ import annotations

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
 
-from tests.conftest import NQ, Db
+from tests.helpers import NQ, Db
 from tests.reference import reference_events, reference_hygiene
 from triangles_polars import backfill
 from triangles_polars.detect import EVENT_COLUMNS
@@ -145,7 +146,9 @@ def test_replace_rerun_restores_exactly_a_clean_run(db: Db, nq_bars: pl.DataFram
             "triangle_events", pl.concat([outside, stray]).to_arrow(), mode="append", db_schema_name=db.schema
         )
         conn.commit()
-    summary = backfill(settings)
+    # The range is covered, so the same command skips it; --restart (resume=False) rewrites it.
+    assert backfill(settings).tasks[0].status == "skipped"
+    summary = backfill(replace(settings, resume=False))
     after = db.events()
     assert after.filter(pl.col("confirmed_at") < utc("2025-11-20")).equals(clean)
     assert after.height == clean.height + 1  # the event outside the range is untouched

@@ -8,7 +8,7 @@ rows). The cases of ``tests/test_cli.py`` are not repeated here.
 Most cases run the ``triangles`` Typer app in-process (:func:`invoke`: the same command and the
 same error guard, without the ~0.6 s start-up of a new interpreter), which keeps the catalogue fast.
 The cases where the process matters (database URLs, passwords, connection failures) and the
-backfill under a symbol full of SQL run the real console script (:func:`tests.conftest.run_cli`).
+backfill under a symbol full of SQL run the real console script (:func:`tests.helpers.run_cli`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import NQ, Db, Server, run_cli
-from tests.test_cli import assert_one_line_error
+from tests.helpers import NQ, Db, Server, assert_one_line_error, run_cli
 from triangles_polars.cli import app
 
 DAY = "2025-11-03"
@@ -150,8 +149,8 @@ def test_bad_arguments(quiet_db: Db, bars_db: Db, args: list[str], needles: list
 
 
 USAGE_CASES = {
-    "--strength not a number": ([NQ, DAY, DAY, "--strength", "five"], ["--strength", "integer"]),
-    "STRENGTH not a number": ([NQ, DAY, DAY, "five"], ["STRENGTH", "integer"]),
+    "--strength not a number": ([NQ, DAY, DAY, "--strength", "five"], ["strength", "'five'", "3,5,8"]),
+    "STRENGTH not a number": ([NQ, DAY, DAY, "five"], ["strength", "'five'", "3,5,8"]),
     "unknown option": ([NQ, DAY, DAY, "--bogus"], ["--bogus"]),
     "END missing": ([NQ, DAY], ["missing", "end"]),
 }
@@ -366,7 +365,13 @@ def test_schema_qualified_names_in_two_schemas(db: Db, bars_db: Db) -> None:
     summary = json.loads(result.stdout)
     assert summary["events_table"] == db.events_table
     assert db.events().height == summary["triangles"] > 0
-    assert tables_in(db) == {"triangle_events", "triangles_runs", "triangles_progress", "triangles_meta"}
+    assert tables_in(db) == {
+        "triangle_events",
+        "triangles_runs",
+        "triangles_progress",
+        "triangles_meta",
+        "triangles_coverage",
+    }
     assert tables_in(bars_db) == {"bars_1m"}  # nothing written next to the bars
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests import continuous_reference as ref
@@ -89,6 +89,22 @@ def ref_rolls(rolls: list[ref.Roll]) -> list[tuple[Any, ...]]:
     return [(r.session, r.from_contract, r.to_contract, r.gap) for r in rolls]
 
 
+def has_nq_outright(rows: list[dict[str, Any]]) -> bool:
+    return any(ref.is_outright_of(r, "NQ") for r in rows)
+
+
+def assert_without_nq_outright(rows: list[dict[str, Any]], adjust: str = "none", bars: Any = None) -> None:
+    """Bars without an outright of the root: none at all give an empty series; rows of other
+    instruments only are a wrong root, said so (``BadInput``), not an empty series."""
+    bars = frame_of(rows) if bars is None else bars
+    if not rows:
+        series, rolls = continuous_frames(bars, NQ, adjust=adjust)
+        assert series.height == 0 and rolls.height == 0
+        return
+    with pytest.raises(BadInput, match="no outright future of root NQ"):
+        build_continuous(bars, NQ, adjust=adjust)
+
+
 def check_against_reference(
     rows: list[dict[str, Any]], adjust: str, batch: int | None = None
 ) -> pl.DataFrame:
@@ -99,9 +115,8 @@ def check_against_reference(
         source: Any = lambda: iter(parts)  # noqa: E731
     else:
         source = frame
-    if rows and not any(ref.is_outright_of(r, "NQ") for r in rows):
-        with pytest.raises(BadInput, match="no outright future of root NQ"):
-            continuous_frames(source, NQ, adjust=adjust)
+    if rows and not has_nq_outright(rows):
+        assert_without_nq_outright(rows, adjust, source)
         return frame_of([])
     series, rolls = continuous_frames(source, NQ, adjust=adjust)
     want_series, want_rolls = ref.continuous(rows, "NQ", adjust)
@@ -267,6 +282,52 @@ def test_common_minute_older_than_the_search_window() -> None:
     check_against_reference(rows, "difference")
 
 
+def bars_of(*specs: tuple[str, date, int, float, int]) -> list[dict[str, Any]]:
+    """Bars from ``(contract, session, slot, close, volume)``."""
+    return [make_bar(f"GLBX.MDP3:{sym}", slot_ts(s, slot), close, vol) for sym, s, slot, close, vol in specs]
+
+
+def comes_back_rows(z_first_volume: int, z_on_03_10: bool) -> list[dict[str, Any]]:
+    """NQZ5 has no expiration, so it never blocks a roll and is never blocked: the series goes
+    U5 (or Z5) → Z5 → M5 → U5 → Z5, most contracts without a bar in the session they are chosen
+    for, and the last roll's common minute (03-07) lies before the earlier rolls.
+    """
+    d = date(2025, 3, 1)
+    return bars_of(
+        ("NQU5", d.replace(day=7), 1, 20200.0, 0),
+        ("NQZ5", d.replace(day=7), 1, 20300.0, z_first_volume),
+        *([("NQZ5", d.replace(day=10), 3, 20300.0, 1)] if z_on_03_10 else []),
+        ("NQM5", d.replace(day=11), 1, 20100.0, 1),
+        ("NQU5", d.replace(day=12), 3, 20200.0, 1),
+        ("NQZ5", d.replace(day=13), 3, 20300.0, 1),
+        ("NQZ5", d.replace(day=14), 3, 20300.0, 0),
+    )
+
+
+def test_difference_when_the_series_comes_back_to_a_contract() -> None:
+    rows = comes_back_rows(z_first_volume=0, z_on_03_10=True)
+    built = build_continuous(frame_of(rows), NQ, adjust="difference")
+    u, z, m = "GLBX.MDP3:NQU5", "GLBX.MDP3:NQZ5", "GLBX.MDP3:NQM5"
+    assert built.schedule["contract"].to_list() == [u, u, z, m, u, z]
+    # Both U5 → Z5 gaps are taken at 03-07 20:30 (the only minute U5 and Z5 share), the last one
+    # across the three rolls since; Z5 ↔ M5 and M5 ↔ U5 share no minute: null, shifting nothing.
+    assert rolls_rows(built.rolls) == [
+        (date(2025, 3, 11), u, z, 100.0),
+        (date(2025, 3, 12), z, m, None),
+        (date(2025, 3, 13), m, u, None),
+        (date(2025, 3, 14), u, z, 100.0),
+    ]
+    # U5's 03-07 bar is before all four rolls: shifted by both gaps (the rule, read literally).
+    assert built.collect()["close"].to_list() == [20400.0, 20300.0]
+    check_against_reference(rows, "difference")
+    # Two stretches of Z5 (03-07 and 03-14), three rolls apart: shifted by 100 and by 0.
+    rows = comes_back_rows(z_first_volume=1, z_on_03_10=False)
+    built = build_continuous(frame_of(rows), NQ, adjust="difference")
+    assert built.schedule["contract"].to_list() == [z, z, m, u, z]
+    assert built.collect()["close"].to_list() == [20400.0, 20300.0]
+    check_against_reference(rows, "difference")
+
+
 def test_spreads_and_other_roots_are_never_used() -> None:
     rows = scenario()
     series = build_continuous(frame_of(rows), NQ)
@@ -362,7 +423,9 @@ def test_property_equals_reference(rows: list[dict[str, Any]], adjust: str, batc
 @FAST
 @given(markets(), st.integers(1, 8), st.randoms(use_true_random=False))
 def test_property_no_look_ahead(rows: list[dict[str, Any]], cut: int, rnd: random.Random) -> None:
-    sessions = sorted({ref.session_of(r["ts"]) for r in rows})
+    # Sessions of the root's outrights only (ES and spreads make no session), and never the first
+    # one: the first session is chosen from its own volumes, by the rule.
+    sessions = sorted({ref.session_of(r["ts"]) for r in rows if ref.is_outright_of(r, "NQ")})
     if len(sessions) < 2:
         return
     later = sessions[min(cut, len(sessions) - 1)]
@@ -377,27 +440,45 @@ def test_property_no_look_ahead(rows: list[dict[str, Any]], cut: int, rnd: rando
     )
 
 
+def stretches(rows: list[dict[str, Any]]) -> dict[date, int]:
+    """Session → number of its stretch (sessions between two rolls), from the reference's choices.
+
+    A contract the series left and came back to (possible through a contract without an
+    expiration) starts a new stretch.
+    """
+    sessions, chosen = ref.choose_contracts(rows, "NQ")
+    out: dict[date, int] = {}
+    for i, s in enumerate(sessions):
+        out[s] = out[sessions[i - 1]] + (chosen[s] != chosen[sessions[i - 1]]) if i else 0
+    return out
+
+
 @FAST
+@example(comes_back_rows(z_first_volume=0, z_on_03_10=True))
+@example(comes_back_rows(z_first_volume=1, z_on_03_10=False))
+@example([make_bar("GLBX.MDP3:ESH5", slot_ts(date(2025, 3, 3), 0), 5800.0, 0)])
 @given(markets())
 def test_property_difference_closes_gaps_and_keeps_returns(rows: list[dict[str, Any]]) -> None:
+    if not has_nq_outright(rows):
+        assert_without_nq_outright(rows, "difference")
+        return
     plain_build = build_continuous(frame_of(rows), NQ, adjust="none")
     adj_build = build_continuous(frame_of(rows), NQ, adjust="difference")
     plain, adjusted = plain_build.collect(), adj_build.collect()
     assert plain["ts"].equals(adjusted["ts"]) and plain["volume"].equals(adjusted["volume"])
-    # Within one contract, bar-to-bar changes and ranges are unchanged.
-    contract = (
-        plain.with_columns(session_date().alias("session"))
-        .join(plain_build.schedule, on="session")
-        .get_column("contract")
-    )
-    same = contract == contract.shift(1)
+    # Within one stretch (no roll in between), bar-to-bar changes are unchanged; across rolls
+    # they are not, even between two bars of one contract the series left and came back to.
+    stretch_of = stretches(rows)
+    stretch = pl.Series([stretch_of[ref.session_of(ts)] for ts in plain["ts"]], dtype=pl.Int64)
+    same = stretch == stretch.shift(1)
     for p in ("open", "high", "low", "close"):
         assert (plain[p].diff() - adjusted[p].diff()).filter(same).abs().max() in (None, 0.0)
     assert ((plain["high"] - plain["low"]) == (adjusted["high"] - adjusted["low"])).all()
-    # At each roll, the adjusted old contract at the common minute meets the new contract there.
+    # At each roll, the adjusted old contract at the common minute meets the new contract there
+    # (shifted as the new contract's bars at the roll) when that minute lies in the stretch just
+    # before the roll; a minute further back also carries the gaps of the rolls in between.
     shift = dict(adj_build.schedule.select("session", "shift").iter_rows())
     by_key = {(r["symbol"], r["ts"]): r["close"] for r in rows}
-    chosen = dict(adj_build.schedule.select("session", "contract").iter_rows())
     closes = dict(adjusted.select("ts", "close").iter_rows())
     for roll in adj_build.rolls.to_dicts():
         if roll["gap"] is None:
@@ -411,16 +492,17 @@ def test_property_difference_closes_gaps_and_keeps_returns(rows: list[dict[str, 
             and ref.session_of(ts) < roll["session"]
         )
         minute = common[-1]
-        if chosen.get(ref.session_of(minute)) == roll["from_contract"]:
+        if stretch_of[ref.session_of(minute)] == stretch_of[roll["session"]] - 1:
             assert closes[minute] == by_key[(roll["to_contract"], minute)] + shift[roll["session"]]
 
 
 @FAST
 @given(markets())
 def test_property_outrights_only_and_expirations_never_go_back(rows: list[dict[str, Any]]) -> None:
-    series = build_continuous(frame_of(rows), NQ) if any(ref.is_outright_of(r, "NQ") for r in rows) else None
-    if series is None:
+    if not has_nq_outright(rows):
+        assert_without_nq_outright(rows)
         return
+    series = build_continuous(frame_of(rows), NQ)
     assert set(series.schedule["contract"]) <= OUTRIGHTS
     for roll in series.rolls.to_dicts():
         old, new = CONTRACTS[roll["from_contract"]][2], CONTRACTS[roll["to_contract"]][2]

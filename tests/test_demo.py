@@ -7,15 +7,21 @@ and must not seed the bars again. Counts are checked against the demo's own data
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from triangles_polars.db import connect
+
+# Every test here runs the demo, which starts the embedded server of its TRIANGLES_HOME.
+pytestmark = pytest.mark.db
 
 DEMO_SYMBOL = "SYNTH:NQ"  # what the demo promises to seed (see its help and output)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -134,3 +140,53 @@ def test_demo_json_is_one_object_with_a_summary(demo_env: dict[str, str], tmp_pa
     )
     assert summary["bars_processed"] == bars_in_window
     assert summary["triangles"] == events_in_range
+
+
+# Runs ``triangles demo`` in an interpreter where matplotlib cannot be imported (as on a machine
+# without the plot extra): a meta-path finder refuses it before any other finder is asked.
+WITHOUT_MATPLOTLIB = """
+import sys
+
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoMatplotlib())
+sys.argv = ["triangles", *sys.argv[1:]]
+from triangles_polars.cli import main
+main()
+"""
+
+
+def test_demo_without_matplotlib_skips_the_chart_and_says_how_to_get_it(
+    demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "TERM": "dumb", **demo_env}
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MATPLOTLIB, "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    chart_line = next(line for line in result.stdout.splitlines() if line.startswith("chart"))
+    assert "skipped" in chart_line and "pip install 'triangles-polars[plot]'" in chart_line, chart_line
+    assert not list(out.glob("*.png"))  # no chart ...
+    parquet = printed_path(result.stdout, "parquet")  # ... but everything else was done
+    url = demo_url(demo_env)
+    assert ds.dataset(parquet, format="parquet", partitioning="hive").count_rows() == counts(url)[1] > 0
+
+    as_json = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MATPLOTLIB, "demo", "--json", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["chart"] is None

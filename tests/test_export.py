@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from polars.testing import assert_frame_equal
 
-from tests.conftest import NQ, Db, run_cli
+from tests.helpers import NQ, Db, run_cli
 from triangles_polars import backfill
 from triangles_polars.synthetic import generate_bars
 

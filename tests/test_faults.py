@@ -15,23 +15,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tests.conftest import NQ, Db, Server, run_cli
+from tests.helpers import NQ, Db, Server, run_cli, terminate
 from triangles_polars import RetriesExhausted, backfill
 from triangles_polars.chunks import Chunk
 from triangles_polars.db import connect
 from triangles_polars.source import READER_NAME
 from triangles_polars.writer import WRITER_NAME
-
-
-def terminate(server: Server, application_name: str, waiting_on_lock: bool = False) -> int:
-    """Terminate the product's backends with this application_name; returns how many."""
-    condition = "AND wait_event_type = 'Lock'" if waiting_on_lock else ""
-    rows = server.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        f"WHERE application_name = $1 AND pid <> pg_backend_pid() {condition}",
-        (application_name,),
-    )
-    return int(rows[0][0])
 
 
 class LockedKill:
@@ -83,7 +72,7 @@ def test_writer_killed_mid_transaction_and_idle_run_completes(db: Db, nq_bars: p
         elif chunk.chunk_no == 4:  # the writer's idle connection dies between transactions
             idle_kills += terminate(db.server, WRITER_NAME)
 
-    summary = backfill(db.settings(**range_), on_chunk=on_chunk)
+    summary = backfill(db.settings(**range_, resume=False), on_chunk=on_chunk)  # rewrite the covered range
     killed = sum(k.join() for k in kills) + idle_kills
     assert killed == 3
     assert summary.retries == killed

@@ -7,6 +7,9 @@ The CLI (``triangles``) is a thin layer over this API::
     summary = backfill(BackfillSettings(symbol="GLBX.MDP3:NQ", start="2025-12-02", end="2025-12-02"))
     print(summary.triangles)
 
+Keeping current: :func:`triangles_polars.update.update` (``UpdateSettings``) and
+:func:`triangles_polars.follow.follow`.
+
 :func:`compute_events` is the database-free part: hygiene + detection on any Polars frame.
 """
 

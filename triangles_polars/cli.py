@@ -2,8 +2,9 @@
 
 Each command declares its options with the shared definitions of :mod:`triangles_polars.options`
 and calls one library function. Errors are mapped to exit codes in one place (:func:`guard`):
-0 done, 2 bad usage or input, 3 database unreachable or retries exhausted, 1 anything
-unexpected; 130 when interrupted.
+0 done, 2 bad usage or input, 3 database unreachable or retries exhausted, 4 locked, 1 anything
+unexpected; 130 after SIGINT, 143 after SIGTERM (0 for ``update --follow``). Every command runs
+in a thread of its own while the main thread handles the signals (:mod:`triangles_polars.signals`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ app = opt.App(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-bars_app = opt.App(help="Bring bars in: load CSV or Parquet files into the bars table.", no_args_is_help=True)
+bars_app = opt.App(help="Bring bars in: load CSV, Parquet or Databento DBN files into the bars table.", no_args_is_help=True)
 server_app = opt.App(help="The embedded PostgreSQL server: status, url, stop.", no_args_is_help=True)
 
 
@@ -84,11 +85,11 @@ def guard() -> Iterator[None]:
     except TrianglesError as exc:
         _stderr().print(f"[bold red]error:[/] {_escape(_clean(str(exc)))}")
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        _stderr().print(
-            "[bold yellow]interrupted:[/] committed chunks are kept; run the same command again to resume"
-        )
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # SIGINT or SIGTERM (see triangles_polars.signals)
+        from triangles_polars import signals
+
+        _stderr().print(f"[bold yellow]{_signal_word()}:[/] {_escape(signals.stopping_message())}")
+        raise typer.Exit(signals.exit_code()) from None
     except Exception as exc:
         if os.environ.get("TRIANGLES_DEBUG"):
             raise
@@ -97,6 +98,12 @@ def guard() -> Iterator[None]:
             "(set TRIANGLES_DEBUG=1 for a traceback)"
         )
         raise typer.Exit(1) from None
+
+
+def _signal_word() -> str:
+    from triangles_polars import signals
+
+    return "terminated" if signals.exit_code() in (0, 143) else "interrupted"
 
 
 def _escape(text: str) -> str:
@@ -129,7 +136,7 @@ BACKFILL_EXAMPLES = """Examples:
 
 @app.command(epilog=BACKFILL_EXAMPLES)
 def backfill(  # parameters after `anchor_arg` are named after the BackfillSettings fields they set
-    symbol: opt.Symbol,
+    symbol: opt.Symbols,
     start: opt.Start,
     end: opt.End,
     strength_arg: opt.StrengthArg = None,
@@ -159,10 +166,16 @@ def backfill(  # parameters after `anchor_arg` are named after the BackfillSetti
     reader: opt.Reader = opt.DEFAULT_READER,
     slice_days: opt.SliceDays = opt.DEFAULT_SLICE_DAYS,
     export_dir: opt.Export = None,
+    jobs: opt.Jobs = None,
+    engine: opt.Engine = "local",
+    ray_address: opt.RayAddress = None,
+    task_days: opt.TaskDays = None,
+    max_task_retries: opt.MaxTaskRetries = opt.DEFAULT_MAX_TASK_RETRIES,
+    wait: opt.Wait = None,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Detect triangle events for SYMBOL from START to END and write them to PostgreSQL."""
+    """Detect triangle events for SYMBOLS from START to END and write them to PostgreSQL."""
     given = dict(locals())
     with guard():
         from triangles_polars.pipeline import backfill as run_backfill
@@ -171,13 +184,22 @@ def backfill(  # parameters after `anchor_arg` are named after the BackfillSetti
         settings = _backfill_settings(given)
         with _progress(quiet) as progress:
             summary = run_backfill(settings, progress=progress)
-        if json_out:
-            _emit_json(summary.to_json())
-        elif not quiet:
-            print_summary(summary)
+        _report(summary, json_out, quiet, print_summary)
 
 
 _CLI_ONLY = ("strength_arg", "anchor_arg", "json_out", "quiet")
+
+
+def _report(summary: Any, json_out: bool, quiet: bool, human: Any) -> None:
+    """The summary on stdout (JSON or human), warnings on stderr; exit with the run's code."""
+    for warning in summary.warnings:
+        _stderr().print(f"[bold yellow]warning:[/] {_escape(_clean(warning))}")
+    if json_out:
+        _emit_json(summary.to_json())
+    elif not quiet:
+        human(summary)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
 
 
 def _backfill_settings(given: dict[str, Any]) -> BackfillSettings:
@@ -189,6 +211,9 @@ def _backfill_settings(given: dict[str, Any]) -> BackfillSettings:
         "STRENGTH", given["strength_arg"], "--strength", given["strength"], opt.DEFAULT_STRENGTH
     )
     fields["anchor"] = _one_of("ANCHOR", given["anchor_arg"], "--anchor", given["anchor"], None)
+    fields["wait"] = (
+        0.0 if given["wait"] is None else (None if given["wait"] == float("inf") else given["wait"])
+    )
     fields["columns"] = opt.parse_columns(given["columns"])
     return BackfillSettings(**fields)
 
@@ -197,6 +222,83 @@ def _one_of(arg_name: str, arg: Any, option_name: str, option: Any, default: Any
     if arg is not None and option is not None and arg != option:
         raise BadInput(f"{arg_name} given twice with different values ({arg} and {option_name} {option})")
     return arg if arg is not None else option if option is not None else default
+
+
+UPDATE_EXAMPLES = """Examples:
+
+  triangles update GLBX.MDP3:NQ                          # up to the newest bar (a cron job)
+
+  triangles update 'GLBX.MDP3:*' 3,5,8 --json --wait 300   # every symbol, three strengths
+
+  triangles update GLBX.MDP3:NQ --lookback 2h            # rewrite the last 2 hours first
+
+  triangles update GLBX.MDP3:NQ --follow --notify bars_1m  # a service: a cycle per new bar"""
+
+
+@app.command(epilog=UPDATE_EXAMPLES)
+def update(  # parameters after `strength_arg` are named after the UpdateSettings fields they set
+    symbol: opt.Symbols,
+    strength_arg: opt.StrengthArg = None,
+    strength: opt.OptionalStrength = None,
+    until: opt.Until = None,
+    lookback: opt.Lookback = opt.DEFAULT_LOOKBACK,
+    follow: opt.Follow = False,
+    poll_s: opt.Poll = opt.DEFAULT_POLL_S,
+    notify: opt.Notify = None,
+    heartbeat_s: opt.Heartbeat = opt.DEFAULT_HEARTBEAT_S,
+    database_url: opt.DatabaseUrl = None,
+    bars_table: opt.BarsTable = opt.DEFAULT_BARS_TABLE,
+    events_table: opt.EventsTable = opt.DEFAULT_EVENTS_TABLE,
+    columns: opt.Columns = None,
+    ts_convention: opt.TsConvention = opt.DEFAULT_TS_CONVENTION,
+    bar_interval: opt.BarInterval = opt.DEFAULT_BAR_INTERVAL,
+    hygiene: opt.Hygiene = None,
+    config: opt.Config = None,
+    min_price: opt.MinPrice = None,
+    discontinuity: opt.Discontinuity = None,
+    small_range: opt.SmallRange = None,
+    big_gap: opt.BigGap = None,
+    flat_gap: opt.FlatGap = None,
+    reference_window: opt.ReferenceWindow = None,
+    mode: opt.Mode = opt.DEFAULT_MODE,
+    chunk_events: opt.ChunkEvents = opt.DEFAULT_CHUNK_EVENTS,
+    max_retries: opt.MaxRetries = opt.DEFAULT_MAX_RETRIES,
+    backoff_s: opt.Backoff = opt.DEFAULT_BACKOFF_S,
+    reader: opt.Reader = opt.DEFAULT_READER,
+    slice_days: opt.SliceDays = opt.DEFAULT_SLICE_DAYS,
+    jobs: opt.Jobs = None,
+    engine: opt.Engine = "local",
+    ray_address: opt.RayAddress = None,
+    task_days: opt.TaskDays = None,
+    max_task_retries: opt.MaxTaskRetries = opt.DEFAULT_MAX_TASK_RETRIES,
+    wait: opt.Wait = None,
+    json_out: opt.Json = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Continue the events of SYMBOLS from where they are complete up to the newest bar (or follow)."""
+    given = dict(locals())
+    with guard():
+        from triangles_polars.progress import print_summary
+        from triangles_polars.update import UpdateSettings
+        from triangles_polars.update import update as run_update
+
+        fields = {name: value for name, value in given.items() if name not in _CLI_ONLY}
+        fields["strength"] = _one_of(
+            "STRENGTHS", given["strength_arg"], "--strength", given["strength"], opt.DEFAULT_STRENGTH
+        )
+        fields["wait"] = 0.0 if wait is None else (None if wait == float("inf") else wait)
+        fields["columns"] = opt.parse_columns(columns)
+        settings = UpdateSettings(**fields)
+        if settings.follow:
+            from triangles_polars.follow import FollowLog
+            from triangles_polars.follow import follow as run_follow
+
+            with _progress(True) as progress:  # the catch-up: no bar, one line per cycle instead
+                code = run_follow(settings, FollowLog(json_out, quiet), progress)
+            raise typer.Exit(code)
+        with _progress(quiet) as progress:
+            summary = run_update(settings, progress=progress)
+        _report(summary, json_out, quiet, print_summary)
 
 
 @app.command(epilog="Example:\n\n  triangles export GLBX.MDP3:NQ 2025-01-01 2025-12-31 --out events/")
@@ -229,41 +331,33 @@ def export(
     "load",
     epilog=(
         "Examples:\n\n  triangles bars load nq_2025.parquet\n\n"
-        "  triangles bars load es.csv --symbol GLBX.MDP3:ES --columns ts=time,volume=vol"
+        "  triangles bars load es.csv --symbol GLBX.MDP3:ES --columns ts=time,volume=vol\n\n"
+        "  triangles bars load 'nq/*.dbn.zst' --definitions nq_defs.dbn --continuous NQ --adjust difference"
     ),
 )
 def bars_load(
-    file: opt.BarFile,
-    symbol: opt.LoadSymbol = None,
+    files: opt.BarFiles,
+    symbol: opt.LoadSeriesSymbol = None,
+    definitions: opt.Definitions = None,
+    continuous: opt.Continuous = None,
+    adjust: opt.Adjust = opt.DEFAULT_ADJUST,
     bars_table: opt.BarsTable = opt.DEFAULT_BARS_TABLE,
     columns: opt.Columns = None,
     ts_convention: opt.TsConvention = opt.DEFAULT_TS_CONVENTION,
     bar_interval: opt.BarInterval = opt.DEFAULT_BAR_INTERVAL,
     database_url: opt.DatabaseUrl = None,
     json_out: opt.Json = False,
+    quiet: opt.Quiet = False,
 ) -> None:
-    """Load bars from FILE into the bars table (created if missing), all or nothing."""
+    """Load CSV, Parquet or DBN bar files into the bars table: streamed, idempotent, all or nothing."""
+    given = {k: v for k, v in locals().items() if k not in ("json_out", "quiet")}
     with guard():
-        from triangles_polars.bars import ingest_bars, read_bar_file
-        from triangles_polars.db import resolve_database_url
-        from triangles_polars.settings import parse_duration
+        from triangles_polars.loading import TerminalLoadProgress, load_bars, print_load_summary
 
-        if ts_convention not in ("open", "close"):
-            raise BadInput(f"unknown ts convention {ts_convention!r}: use open or close")
-        frame = read_bar_file(
-            file,
-            symbol=symbol,
-            columns=opt.parse_columns(columns),
-            ts_convention=ts_convention,
-            bar_interval=parse_duration(bar_interval),
-        )
-        url, _ = resolve_database_url(database_url)
-        loaded = ingest_bars(url, frame, bars_table)
-        if json_out:
-            symbols = sorted(frame["symbol"].unique().to_list())
-            _emit_json({"bars_loaded": loaded, "bars_table": bars_table, "symbols": symbols})
-        else:
-            typer.echo(f"loaded {loaded:,} bars into {bars_table}")
+        given["columns"] = opt.parse_columns(columns)
+        with TerminalLoadProgress(enabled=not quiet and _stderr().is_terminal) as progress:
+            result = load_bars(**given, progress=progress)
+        _report(result, json_out, quiet, lambda r: print_load_summary(r, typer.echo))
 
 
 @app.command(epilog="Example:\n\n  triangles plot GLBX.MDP3:NQ 2025-12-02 2025-12-02 --out nq.png")
@@ -344,11 +438,15 @@ def main() -> None:
     os.environ.setdefault("RUST_LOG", "off")  # connectorx's pool logs connect errors itself
     if not os.environ.get("TRIANGLES_DEBUG"):
         os.environ["RUST_BACKTRACE"] = "0"  # no Rust backtraces for users either
+    from triangles_polars import signals
+
     try:
-        result = app(standalone_mode=False)
+        # The command runs in a thread of its own; this thread handles SIGINT and SIGTERM at once.
+        args = opt.optional_values(sys.argv[1:])
+        result = signals.run_main(lambda: app(args=args, standalone_mode=False))
     except typer.Abort:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        sys.stderr.write(f"{_signal_word()}\n")
+        sys.exit(signals.exit_code())
     except Exception as exc:
         # Usage errors (click's UsageError, bundled or not): one line and their exit code (2).
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
@@ -356,9 +454,12 @@ def main() -> None:
             sys.exit(exc.exit_code)
         raise
     except KeyboardInterrupt:  # outside a command (e.g. during imports)
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
-    sys.exit(result if isinstance(result, int) else 0)
+        sys.stderr.write(f"{_signal_word()}\n")
+        sys.exit(signals.exit_code())
+    code = result if isinstance(result, int) else 0
+    if signals.stop_requested():  # stopped by a signal: no slow interpreter teardown (within 1 s)
+        signals.exit_fast(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

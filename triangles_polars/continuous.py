@@ -20,12 +20,19 @@ Choices where those rules are silent:
   (spreads and other roots do not make a session).
 * Among several non-current contracts tied on volume, the earliest expiration wins, then the
   symbol. The current contract counts with volume 0 in a previous session where it has no bar.
-  A contract without an expiration never blocks a roll and is never blocked.
+  A contract without an expiration never blocks a roll and is never blocked, so through one the
+  series can leave a contract and later come back to it. The rule above still holds as
+  written: every stretch between two rolls is shifted by the gaps of all later rolls, so two
+  stretches of one contract can carry different shifts, and a roll's common minute can lie
+  before earlier rolls (its bar then also carries their gaps).
 * If the chosen contract has no bar in a session, the series has no bar there (no substitute).
 * "Minute" means a bar open time (``ts``) shared by both contracts, whatever the bar interval;
   a bar without a close does not count. When no such minute exists before the roll, the roll's
   gap is null and shifts nothing.
 * Rolls name contracts by their symbol in the bars (``GLBX.MDP3:NQH6``).
+* Bars that hold rows but no outright future of ROOT are ``BadInput`` (a wrong root, or a file
+  of another product: an empty series would hide the mistake); no bars at all give an empty
+  series.
 
 Memory: the bars are read in passes over batches, never held whole. Pass 1 sums volume per
 (session, contract) (a few rows per session); the contract per session follows from that small
@@ -154,6 +161,12 @@ def build_continuous(
     is ``NQ`` or ``GLBX.MDP3:NQ``; the series is named ``DATASET:ROOT``, the dataset taken from
     ``dataset``, the root's prefix or the contracts' symbols. Returns the series with its
     schedule and rolls; the bars stream from :meth:`ContinuousSeries.batches`.
+
+    Raises :class:`BadInput` for an unknown ``adjust``, for bars without the columns above or
+    without any ``instrument_class`` (no definitions), for contracts of the root from several
+    datasets, and for bars that hold rows but no outright future of ``root`` (a wrong root or
+    another product's file, which an empty series would hide). No bars at all (a file with
+    metadata only) give an empty series and no rolls.
     """
     if adjust not in ADJUSTS:
         raise BadInput(f"unknown adjustment {adjust!r}: use none or difference")

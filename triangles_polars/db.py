@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import tenacity
 
@@ -112,8 +113,14 @@ def was_interrupted(exc: BaseException) -> bool:
     )
 
 
+class TransientError(Exception):
+    """A condition of ours that waiting cures (retried like a dropped connection)."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors that a reconnect can cure: dropped connections, killed backends, restarts."""
+    if isinstance(exc, TransientError):
+        return True
     if type(exc).__name__ == "PanicException":  # connectorx panics on a half-read stream
         return True
     text = str(exc)
@@ -242,10 +249,121 @@ def quote_literal(value: str) -> str:
 
 
 def connect(url: str, autocommit: bool = False) -> Any:
-    """An ADBC DB-API connection (errors are raised raw, for :func:`with_retries` to classify)."""
-    import adbc_driver_postgresql.dbapi as adbc
+    """An ADBC DB-API connection (errors are raised raw, for :func:`with_retries` to classify).
 
-    return adbc.connect(url, autocommit=autocommit)
+    Every connection carries the product's keepalives and idle-in-transaction timeout
+    (:func:`with_session_options`).
+    """
+    import adbc_driver_manager
+    import adbc_driver_manager.dbapi as dbapi
+
+    base, application_name = _split_application_name(with_session_options(url))
+    shared = _database(base)
+    if shared is None:  # an ADBC without a shareable database: one per connection, as it offers
+        import adbc_driver_postgresql.dbapi as adbc
+
+        return adbc.connect(with_session_options(url), autocommit=autocommit)
+    conn = adbc_driver_manager.AdbcConnection(shared._db)
+    try:
+        connection = dbapi.Connection(shared, conn, autocommit=autocommit)
+    except BaseException:
+        conn.close()
+        raise
+    if application_name is not None:  # the shared database has one URL: the name is set per connection
+        try:
+            with connection.cursor() as cur:
+                cur.execute(
+                    "SELECT set_config('application_name', $1, false)", parameters=(application_name,)
+                )
+                cur.fetchall()
+            if not autocommit:
+                connection.commit()
+        except BaseException:
+            close_quietly(connection)
+            raise
+    return connection
+
+
+def _split_application_name(url: str) -> tuple[str, str | None]:
+    """``(url without application_name, the name)``."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    names = [v for k, v in query if k == "application_name"]
+    if not names:
+        return url, None
+    rest = [(k, v) for k, v in query if k != "application_name"]
+    return urlunsplit(parts._replace(query=urlencode(rest, safe="/", quote_via=quote))), names[-1]
+
+
+# One ADBC database object per URL for the whole process. Creating one is what makes an ADBC
+# connection slow (the PostgreSQL driver reads the server's type catalogue: 60-200 ms); every
+# connection then shares it, as ``Connection.adbc_clone`` does, and costs only the connect.
+_DATABASES: dict[str, Any] = {}
+_DATABASES_LOCK = threading.Lock()
+
+
+def _database(url: str) -> Any:
+    import adbc_driver_manager.dbapi as dbapi
+    import adbc_driver_postgresql
+
+    holder = getattr(dbapi, "_SharedDatabase", None)
+    if holder is None:
+        return None
+    with _DATABASES_LOCK:
+        shared = _DATABASES.get(url)
+        if shared is None:  # kept (its reference never released) until the process ends
+            shared = _DATABASES[url] = holder(adbc_driver_postgresql.connect(url))
+        return shared
+
+
+# Connections that a dead worker or node leaves behind must not hold locks or transactions for
+# long (docs/contract.md#keepalives). The client's TCP keepalives notice a dead server; the
+# server's (set per session) notice a dead client, in about idle + interval × count = 60 s; a
+# live client stuck inside a transaction is cut off after the idle-in-transaction timeout (the
+# product never leaves a transaction idle for more than a batch's decoding).
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 3
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+_SERVER_SETTINGS = {
+    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
+    "tcp_keepalives_idle": str(KEEPALIVE_IDLE_S),
+    "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL_S),
+    "tcp_keepalives_count": str(KEEPALIVE_COUNT),
+}
+
+
+def with_session_options(url: str, driver: str = "libpq") -> str:
+    """``url`` with TCP keepalives and ``idle_in_transaction_session_timeout`` (what it sets itself wins).
+
+    ``driver`` is ``libpq`` (ADBC, psycopg) or ``connectorx`` (rust-postgres, which spells the
+    keepalive count ``keepalives_retries``). The server-side settings travel in ``options``
+    (``-c name=value``), appended to any the URL already has.
+
+    >>> url = with_session_options("postgresql://u@h/db?options=-c%20search_path%3Dx")
+    >>> query = dict(parse_qsl(urlsplit(url).query))
+    >>> query["keepalives"], query["keepalives_idle"], query["options"].split(" -c ")[:2]
+    ('1', '30', ['-c search_path=x', 'idle_in_transaction_session_timeout=60000'])
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    count = "keepalives_retries" if driver == "connectorx" else "keepalives_count"
+    client = {
+        "keepalives": "1",
+        "keepalives_idle": str(KEEPALIVE_IDLE_S),
+        "keepalives_interval": str(KEEPALIVE_INTERVAL_S),
+        count: str(KEEPALIVE_COUNT),
+    }
+    for key, value in client.items():
+        query.setdefault(key, value)
+    if driver == "connectorx" and query.get("host", "").startswith("/"):
+        # A unix socket has no TLS; told so, connectorx skips loading certificates (10 ms a read).
+        query.setdefault("sslmode", "disable")
+    options = query.get("options", "")
+    extra = [f"-c {k}={v}" for k, v in _SERVER_SETTINGS.items() if k not in options]
+    if extra:
+        query["options"] = " ".join([options, *extra]).strip()
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/", quote_via=quote)))
 
 
 def close_quietly(conn: Any) -> None:
@@ -345,3 +463,32 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SessionPool:
+    """Sessions kept open across the tasks of a worker, one per role (application name).
+
+    A worker that runs many tasks pays the connection cost once; ``close`` ends them all.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sessions: dict[str, Session] = {}
+
+    def get(
+        self,
+        application_name: str,
+        policy: RetryPolicy,
+        on_retry: Callable[[BaseException], None] | None = None,
+    ) -> Session:
+        """The role's session, with this task's retry policy and observer."""
+        session = self._sessions.get(application_name)
+        if session is None:
+            session = self._sessions[application_name] = Session(self.url, application_name, policy, on_retry)
+        session.policy, session.on_retry = policy, on_retry
+        return session
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()

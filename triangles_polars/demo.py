@@ -67,6 +67,7 @@ def run_demo(
         database_url=url,
         bars_table=DEMO_BARS_TABLE,
         export_dir=out_dir / "parquet",
+        resume=False,  # the demo rewrites its year every time (safe to repeat), even when it is covered
     )
     summary = backfill(settings, progress=progress)
     chart: str | None = None

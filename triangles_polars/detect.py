@@ -23,6 +23,22 @@ def find_pivots(good_bars: pl.LazyFrame, strength: int, bar_interval: timedelta)
     A bar that is both a swing high and a swing low yields two pivots: low first when
     ``close >= open``, else high first. ``pos`` is the row index, or the frame's own ``pos``
     column when it has one (a slice of a longer sequence, see ``stream.py``).
+
+    Seven bars at strength 1: a swing high at 1; an outside bar at 3 that is both a swing low
+    and a swing high (it closes above its open, so the low comes first); a swing low at 5. Bars
+    0 and 6 lack a complete window. Each pivot is confirmed at the close of the next bar:
+
+    >>> from datetime import UTC, datetime
+    >>> bars = pl.DataFrame({
+    ...     "ts": [datetime(2025, 1, 2, 14, m, tzinfo=UTC) for m in range(7)],
+    ...     "open": [9.5, 10.5, 11.0, 8.0, 11.0, 10.0, 10.5],
+    ...     "high": [10.0, 12.0, 11.0, 13.0, 12.0, 11.5, 12.5],
+    ...     "low": [9.0, 10.0, 8.0, 7.0, 9.0, 6.0, 10.0],
+    ...     "close": [9.5, 11.5, 9.0, 12.0, 10.0, 7.0, 12.0],
+    ... })
+    >>> pivots = find_pivots(bars.lazy(), strength=1, bar_interval=timedelta(minutes=1)).collect()
+    >>> pivots.select("pos", "kind", "price", pl.col("confirmed_at").dt.strftime("%H:%M")).rows()
+    [(1, 'H', 12.0, '14:03'), (3, 'L', 7.0, '14:05'), (3, 'H', 13.0, '14:05'), (5, 'L', 6.0, '14:07')]
     """
     k = strength
     if "pos" not in good_bars.collect_schema().names():
@@ -67,7 +83,25 @@ def find_pivots(good_bars: pl.LazyFrame, strength: int, bar_interval: timedelta)
 
 
 def triangles_from_pivots(pivots: pl.LazyFrame, symbol: str, strength: int) -> pl.LazyFrame:
-    """Every pivot C with two pivots A, B before it in the sequence → one event (EVENT_SCHEMA)."""
+    """Every pivot C with two pivots A, B before it in the sequence → one event (EVENT_SCHEMA).
+
+    Four pivots (two of them in the outside bar at position 3) make two events: the first two
+    pivots have no two pivots before them.
+
+    >>> from datetime import UTC, datetime
+    >>> pivots = pl.DataFrame({
+    ...     "pos": [1, 3, 3, 5],
+    ...     "ts": [datetime(2025, 1, 2, 14, m, tzinfo=UTC) for m in (1, 3, 3, 5)],
+    ...     "kind": ["H", "L", "H", "L"],
+    ...     "price": [12.0, 7.0, 13.0, 6.0],
+    ...     "confirmed_at": [datetime(2025, 1, 2, 14, m, tzinfo=UTC) for m in (3, 5, 5, 7)],
+    ... })
+    >>> events = triangles_from_pivots(pivots.lazy(), "DEMO", 1).collect()
+    >>> events.select("pattern", "a_price", "b_price", "c_price", "leg_ab", "leg_bc").rows()
+    [('HLH', 12.0, 7.0, 13.0, -5.0, 6.0), ('LHL', 7.0, 13.0, 6.0, 6.0, -7.0)]
+    >>> events.select("bars_ab", "bars_bc", pl.col("confirmed_at").dt.strftime("%H:%M")).rows()
+    [(2, 0, '14:05'), (0, 2, '14:07')]
+    """
     prev = {
         f"{name}_{field}": pl.col(field).shift(lag)
         for name, lag in (("a", 2), ("b", 1))

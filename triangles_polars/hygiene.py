@@ -83,7 +83,39 @@ def corruption_flags(thresholds: Thresholds) -> list[pl.Expr]:
 
 
 def flag_bars(bars: pl.LazyFrame, profile: HygieneProfile, thresholds: Thresholds) -> pl.LazyFrame:
-    """Add the five ``bad_*`` rule columns and ``is_bad`` to bars of one symbol sorted by ``ts``."""
+    """Add the five ``bad_*`` rule columns and ``is_bad`` to bars of one symbol sorted by ``ts``.
+
+    Six NQ bars: two good ones, one whose high is below its open (rule 1), one below
+    ``min_price`` (rule 2), a flat print 992.5 points away from ``ref`` (the median close of the
+    two earlier bars that pass rules 1–2: rules 3, 4 and 5 at once), and a good bar, whose ``ref``
+    (the median of 20005, 20010 and 21000) the flat print cannot move:
+
+    >>> from datetime import UTC, datetime
+    >>> from triangles_polars.settings import NQ_THRESHOLDS
+    >>> bars = pl.DataFrame({
+    ...     "ts": [datetime(2025, 1, 2, 14, m, tzinfo=UTC) for m in range(6)],
+    ...     "open": [20000.0, 20005.0, 20010.0, 950.0, 21000.0, 20010.0],
+    ...     "high": [20010.0, 20015.0, 20008.0, 960.0, 21000.0, 20020.0],
+    ...     "low": [19990.0, 20000.0, 20000.0, 940.0, 21000.0, 20005.0],
+    ...     "close": [20005.0, 20010.0, 20005.0, 955.0, 21000.0, 20015.0],
+    ... })
+    >>> flagged = flag_bars(bars.lazy(), "full", NQ_THRESHOLDS).collect()
+    >>> for row in flagged.iter_rows(named=True):
+    ...     print([rule for rule in RULE_COLUMNS if row[rule]])
+    []
+    []
+    ['bad_ohlc_integrity']
+    ['bad_price']
+    ['bad_discontinuity', 'bad_small_range_big_gap', 'bad_flat_discontinuity']
+    []
+    >>> flagged["is_bad"].to_list()
+    [False, False, True, True, True, False]
+
+    The ``basic`` profile checks rules 1–2 only, so the flat print is a good bar there:
+
+    >>> flag_bars(bars.lazy(), "basic", NQ_THRESHOLDS).collect()["is_bad"].to_list()
+    [False, False, True, True, False, False]
+    """
     integrity = ohlc_integrity_violated()
     flagged = bars.with_columns(
         integrity.alias("bad_ohlc_integrity"),

@@ -21,7 +21,7 @@ from typing import Any
 from triangles_polars.db import fetch_all, qualified, table_columns
 from triangles_polars.errors import BadInput
 from triangles_polars.schema import EVENT_SQL_TYPES, events_table_ddl
-from triangles_polars.settings import THRESHOLD_KEYS, BackfillSettings, Task
+from triangles_polars.settings import THRESHOLD_KEYS, RunConfig, Task
 
 RUNS_TABLE = "triangles_runs"
 PROGRESS_TABLE = "triangles_progress"
@@ -34,7 +34,7 @@ _LEGACY_PURGE_CHUNK = -1
 # ---------------------------------------------------------------------------- run keys
 
 
-def run_key_fields(settings: BackfillSettings, task: Task, strength: int) -> dict[str, Any]:
+def run_key_fields(settings: RunConfig, task: Task, strength: int) -> dict[str, Any]:
     """Everything that decides which events a run writes where: the identity of a run.
 
     Listed field by field (never a ``repr``), so adding a setting that changes nothing written
@@ -132,11 +132,33 @@ def check_events_table(columns: dict[str, str] | None, name: str) -> bool:
 
 
 def ensure_tables(cur: Any, events_table: str, schema: str | None, table: str) -> None:
-    """Create the events table and the ledger if missing, and migrate the ledger."""
+    """Create the events table, the ledger and the coverage table if missing; migrate the ledger."""
+    from triangles_polars.coverage import COVERAGE_TABLE, coverage_ddl
+
+    if check_events_table(table_columns(cur, schema, table), events_table) and _ledger_current(
+        cur, schema, COVERAGE_TABLE
+    ):
+        return  # the usual case (every update, every task): no DDL, no lock, two queries
+    # Workers of one run may all start here at once: CREATE TABLE IF NOT EXISTS is not safe
+    # against itself, so creators of one schema take turns (the lock ends with the transaction).
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", parameters=(f"triangles_ddl:{schema}",))
     exists = check_events_table(table_columns(cur, schema, table), events_table)
-    for sql in ledger_ddl(schema) + ([] if exists else events_table_ddl(schema, table)):
+    statements = [*ledger_ddl(schema), coverage_ddl(schema)]
+    for sql in statements + ([] if exists else events_table_ddl(schema, table)):
         cur.execute(sql)
     migrate(cur, schema)
+
+
+def _ledger_current(cur: Any, schema: str | None, coverage_table: str) -> bool:
+    """Whether the ledger and coverage tables exist at :data:`LEDGER_VERSION`."""
+    names = [qualified(schema, t) for t in (RUNS_TABLE, PROGRESS_TABLE, META_TABLE, coverage_table)]
+    present = fetch_all(
+        cur, "SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest($1::text[]) AS n", (names,)
+    )
+    if not present[0][0]:
+        return False
+    rows = fetch_all(cur, f"SELECT value FROM {names[2]} WHERE name = 'ledger_version'")
+    return bool(rows) and rows[0][0] == str(LEDGER_VERSION)
 
 
 # ---------------------------------------------------------------------------- one run

@@ -17,6 +17,8 @@ _KEY_VALUE = re.compile(r"""(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'"]+)
 # ``scheme:[//]user:secret@host`` even when the URL is malformed: the password runs to the last
 # ``@`` of the token, so a password holding ``@`` is masked whole.
 _USERINFO = re.compile(r"""(?i)\b([a-z][a-z0-9+.-]*:/{0,3}[^\s:/@'"]*):([^\s'"]*)@""")
+# ``user:secret@host`` or ``//user:secret@host`` with no scheme at all.
+_BARE_USERINFO = re.compile(r"""(^|[\s'"(=]|//)([^\s:/@'"()=]+):([^\s'"/]*)@(?=[^\s@'"]+)""")
 
 
 def url_password(url: str) -> str | None:
@@ -82,9 +84,14 @@ def mask_text(text: str, secrets: tuple[str, ...] = ()) -> str:
     "could not translate host name '***@db' to address"
     >>> mask_text("user=u password=s3cret host=db")
     'user=u password=*** host=db'
+    >>> mask_text("//trader:s3cret@localhost:5432/db and trader:s3cret@localhost")
+    '//trader:***@localhost:5432/db and trader:***@localhost'
     """
     text = _KEY_VALUE.sub(lambda m: m.group(1) + MASK, text)
     text = _USERINFO.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
+    text = _BARE_USERINFO.sub(
+        lambda m: m.group(0) if MASK in m.group(3) else f"{m.group(1)}{m.group(2)}:{MASK}@", text
+    )
     for secret in secrets:
         for form in {secret, unquote(secret), quote(secret, safe=""), quote(secret)}:
             if len(form) >= 2:

@@ -24,6 +24,7 @@ from triangles_polars.settings import DEFAULT_BARS_TABLE as DEFAULT_BARS_TABLE
 from triangles_polars.settings import DEFAULT_CHUNK_EVENTS as DEFAULT_CHUNK_EVENTS
 from triangles_polars.settings import DEFAULT_EVENTS_TABLE as DEFAULT_EVENTS_TABLE
 from triangles_polars.settings import DEFAULT_MAX_RETRIES as DEFAULT_MAX_RETRIES
+from triangles_polars.settings import DEFAULT_MAX_TASK_RETRIES as DEFAULT_MAX_TASK_RETRIES
 from triangles_polars.settings import DEFAULT_SLICE_DAYS as DEFAULT_SLICE_DAYS
 
 # Defaults of BackfillSettings that settings.py has no constant for (keep them equal).
@@ -67,11 +68,19 @@ def _print_version(value: bool) -> None:
 Symbol = Annotated[str, typer.Argument(help="Symbol as stored in the bars table, e.g. GLBX.MDP3:NQ.")]
 Start = Annotated[str, typer.Argument(help="First UTC day (YYYY-MM-DD) or timestamp.")]
 End = Annotated[str, typer.Argument(help="Last UTC day, inclusive (a timestamp is an exclusive bound).")]
+Symbols = Annotated[
+    str,
+    typer.Argument(
+        metavar="SYMBOLS",
+        help="A symbol as stored in the bars table (GLBX.MDP3:NQ), or a comma-separated list of "
+        "symbols and shell-style patterns ('GLBX.MDP3:*', '*:NQ*').",
+    ),
+]
 StrengthArg = Annotated[
-    int | None, typer.Argument(metavar="STRENGTH", help="Swing strength k, as --strength.")
+    str | None,
+    typer.Argument(metavar="STRENGTHS", help="Swing strength k, or a list (3,5,8), as --strength."),
 ]
 AnchorArg = Annotated[str | None, typer.Argument(metavar="ANCHOR", help="Load bars from here, as --anchor.")]
-BarFile = Annotated[Path, typer.Argument(help="CSV or Parquet file of bars.")]
 
 # ------------------------------------------------------------------------ where the data is
 
@@ -100,9 +109,6 @@ TsConvention = Annotated[
     ),
 ]
 BarInterval = Annotated[str, typer.Option("--bar-interval", help="Bar length: 1m, 5m, 1h, 1d …")]
-LoadSymbol = Annotated[
-    str | None, typer.Option("--symbol", help="Symbol for the rows of files without a symbol column.")
-]
 
 # ------------------------------------------------------------------------ what to detect
 
@@ -113,8 +119,18 @@ _strength = typer.Option(
     show_default=False,
 )
 Strength = Annotated[int, _strength]
-# backfill: None when not given, so that it can be told apart from the STRENGTH argument
-OptionalStrength = Annotated[int | None, _strength]
+# backfill: None when not given, so that it can be told apart from the STRENGTHS argument; a list
+# (3,5,8) detects every strength from one read of the bars
+OptionalStrength = Annotated[
+    str | None,
+    typer.Option(
+        "--strength",
+        "-k",
+        help="Swing strength k (bars on each side of a pivot), or a list such as 3,5,8."
+        + _default(DEFAULT_STRENGTH),
+        show_default=False,
+    ),
+]
 Anchor = Annotated[
     str | None,
     typer.Option(
@@ -245,3 +261,182 @@ class App(typer.Typer):
     def command(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cls", Command)
         return super().command(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------ many tasks, engines, locks
+
+Jobs = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        "-j",
+        help="Worker processes of the local engine; 1 runs in this process."
+        + _default("CPU cores, at most the tasks"),
+        show_default=False,
+    ),
+]
+Engine = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="Where tasks run: local (worker processes) or ray (a Ray cluster)." + _default("local"),
+        show_default=False,
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster to use (host:port or ray://…)."
+        + _default("$RAY_ADDRESS, else a local Ray for the run"),
+        show_default=False,
+    ),
+]
+TaskDays = Annotated[
+    int | None,
+    typer.Option(
+        "--task-days", help="Split each symbol's range into tasks of this many days.", show_default=False
+    ),
+]
+MaxTaskRetries = Annotated[
+    int,
+    typer.Option(
+        "--max-task-retries",
+        help="Ray reruns of a task whose worker or node died." + _default(DEFAULT_MAX_TASK_RETRIES),
+        show_default=False,
+    ),
+]
+Wait = Annotated[
+    float | None,
+    typer.Option(  # a bare --wait (no SECONDS) is turned into --wait=inf by cli.main (optional_values)
+        "--wait",
+        metavar="[SECONDS]",
+        help="If another command holds a key's lock, wait for it (forever without SECONDS) instead of exit 4.",
+        show_default=False,
+    ),
+]
+
+
+# Options whose value may be left out (Typer has no optional values): the value they then take.
+OPTIONAL_VALUES = {"--wait": "inf"}
+
+
+def optional_values(argv: list[str]) -> list[str]:
+    """``--wait`` without SECONDS becomes ``--wait=inf`` (wait forever), before Typer parses.
+
+    >>> optional_values(["backfill", "NQ", "--wait", "--json"])
+    ['backfill', 'NQ', '--wait=inf', '--json']
+    >>> optional_values(["backfill", "NQ", "--wait", "30"])
+    ['backfill', 'NQ', '--wait', '30']
+    """
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in OPTIONAL_VALUES and "--" not in argv[:i]:
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or not re.fullmatch(r"\d+(\.\d*)?|\.\d+|inf", following):
+                out.append(f"{arg}={OPTIONAL_VALUES[arg]}")
+                continue
+        out.append(arg)
+    return out
+
+
+# ------------------------------------------------------------------------ bars load (files, series)
+
+DEFAULT_ADJUST = "none"
+
+BarFiles = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="FILE",
+        help="CSV, Parquet or Databento DBN (.dbn, .dbn.zst) files of bars; glob patterns "
+        "(quoted or not) are expanded.",
+        show_default=False,
+    ),
+]
+LoadSeriesSymbol = Annotated[
+    str | None,
+    typer.Option(
+        "--symbol",
+        help="Symbol for every row of a CSV/Parquet file, or for the one series of a DBN file.",
+        show_default=False,
+    ),
+]
+Definitions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--definitions",
+        metavar="FILE",
+        help="DBN instrument definitions (schema 'definition') for parent-symbology files such as "
+        "NQ.FUT; repeat it or use a glob for several.",
+        show_default=False,
+    ),
+]
+Continuous = Annotated[
+    str | None,
+    typer.Option(
+        "--continuous",
+        metavar="ROOT",
+        help="Load the front-month series DATASET:ROOT of a parent file (with --definitions) "
+        "instead of its contracts and spreads; its rolls go to bars_rolls.",
+        show_default=False,
+    ),
+]
+Adjust = Annotated[
+    str,
+    typer.Option(
+        "--adjust",
+        help="With --continuous: none (traded prices) or difference (back-adjusted at each roll; "
+        "the series is replaced whole and its version bumped).",
+    ),
+]
+
+
+# ------------------------------------------------------------------------ update (keeping current)
+
+# Defaults of UpdateSettings (triangles_polars.update, not imported here: it loads Polars).
+DEFAULT_LOOKBACK = "0"
+DEFAULT_POLL_S = 5.0
+DEFAULT_HEARTBEAT_S = 60.0
+
+Until = Annotated[
+    str | None,
+    typer.Option(
+        "--until",
+        metavar="TS",
+        help="Write up to and including this time (a UTC day: that whole day)."
+        + _default("the newest bar's close"),
+        show_default=False,
+    ),
+]
+Lookback = Annotated[
+    str,
+    typer.Option(
+        "--lookback",
+        metavar="DURATION",
+        help="First rewrite the events of the last DURATION of coverage (30m, 2h, 1d), for bars "
+        "that arrived late or were corrected.",
+    ),
+]
+Follow = Annotated[
+    bool,
+    typer.Option("--follow", help="Keep updating as bars arrive (a service: SIGTERM stops it, exit 0)."),
+]
+Poll = Annotated[
+    float, typer.Option("--poll", metavar="SECONDS", help="With --follow: how often to look for new bars.")
+]
+Notify = Annotated[
+    str | None,
+    typer.Option(
+        "--notify",
+        metavar="CHANNEL",
+        help="With --follow: also wake at once on PostgreSQL NOTIFY CHANNEL (see the README's trigger).",
+        show_default=False,
+    ),
+]
+Heartbeat = Annotated[
+    float,
+    typer.Option(
+        "--heartbeat", metavar="SECONDS", hidden=True, help="With --follow: heartbeat after this quiet."
+    ),
+]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from triangles_polars.db import RetryPolicy
 from triangles_polars.errors import BadInput
 from triangles_polars.schema import BAR_COLUMNS
+from triangles_polars.symbols import instrument_root
 
 DEFAULT_BARS_TABLE = "bars_1m"
 DEFAULT_EVENTS_TABLE = "triangle_events"
@@ -32,12 +33,14 @@ DEFAULT_BACKOFF_S = 0.5
 # the history), up to two slices ahead of detection; see benchmarks/README.md for measurements.
 DEFAULT_SLICE_DAYS = 183
 DEFAULT_PREFETCH = 2
+DEFAULT_MAX_TASK_RETRIES = 3
 MAX_STRENGTH = 10_000
 
 TsConvention = Literal["open", "close"]
 HygieneProfile = Literal["basic", "full"]
 WriteMode = Literal["replace", "append"]
 Reader = Literal["connectorx", "adbc"]
+Engine = Literal["local", "ray"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|d)\s*$")
@@ -169,11 +172,6 @@ NQ_THRESHOLDS = Thresholds(
     reference_window=7,
 )
 BUILTIN_PROFILES: dict[str, Thresholds] = {"NQ": NQ_THRESHOLDS}
-
-
-def instrument_root(symbol: str) -> str:
-    """``"GLBX.MDP3:NQ"`` → ``"NQ"``; ``"NQ.c.0"`` → ``"NQ"``: the key of built-in profiles."""
-    return symbol.rsplit(":", 1)[-1].split(".", 1)[0]
 
 
 def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -357,13 +355,19 @@ class HygieneSettings:
         ts_convention: str,
         config: str | Path | None,
         overrides: dict[str, Any],
+        *,
+        check_only: bool = False,
     ) -> HygieneSettings:
-        """Profile default by ts convention; thresholds built-in ← config ← overrides."""
+        """Profile default by ts convention; thresholds built-in ← config ← overrides.
+
+        ``check_only``: validate the profile, config file and overrides without a symbol (a run
+        over a list or pattern resolves each symbol's thresholds when it knows the symbols).
+        """
         chosen = profile or ("basic" if ts_convention == "open" else "full")
         _one_of_choices("hygiene profile", chosen, ("basic", "full"))
         thresholds, has_profile = resolve_thresholds(symbol, config, overrides)
         missing = thresholds.missing_for_full()
-        if chosen == "full" and missing:
+        if chosen == "full" and missing and not check_only:
             where = "no built-in or config profile" if not has_profile else "an incomplete profile"
             raise BadInput(
                 f"hygiene 'full' needs thresholds for {symbol!r}, which has {where}: "
@@ -431,12 +435,40 @@ def parse_strengths(value: int | str | Sequence[int]) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: one symbol's bars over one time range, read once, detected at each strength."""
+    """One unit of work: one symbol's bars over one time range, read once, detected at each strength.
+
+    Bars are loaded from ``time_range.anchor``; bars and bad bars are counted from ``count_from``
+    (the run's anchor for a symbol's first task, the task's START for the others, so that a
+    split run counts each bar once).
+    """
 
     symbol: str
     strengths: tuple[int, ...]
     time_range: TimeRange
     hygiene: HygieneSettings
+    count_from: datetime | None = None
+    series_version: int = 0
+
+    @property
+    def label(self) -> str:
+        """``SYMBOL [START, END)`` for messages."""
+        span = self.time_range
+        return f"{self.symbol} [{span.start:%Y-%m-%d %H:%M}, {span.end_exclusive:%Y-%m-%d %H:%M})"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every task of a run shares: where to read and write, how, and how hard to retry.
+
+    Holds no database URL, so it can travel to workers (and Ray tasks) without the password.
+    ``lock_token`` names the driver's lock connection that chunks are written under.
+    """
+
+    tables: Tables = field(default_factory=Tables)
+    read: ReadSettings = field(default_factory=ReadSettings)
+    write: WriteSettings = field(default_factory=WriteSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    lock_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -479,6 +511,12 @@ class BackfillSettings:
     slice_days: int = DEFAULT_SLICE_DAYS
     reader: Reader = "connectorx"
     prefetch: int = DEFAULT_PREFETCH
+    jobs: int | None = None
+    engine: Engine = "local"
+    ray_address: str | None = None
+    task_days: int | None = None
+    max_task_retries: int = DEFAULT_MAX_TASK_RETRIES
+    wait: float | None = 0.0
 
     # Parsed, set in __post_init__.
     strengths: tuple[int, ...] = field(init=False)
@@ -495,6 +533,14 @@ class BackfillSettings:
         if "\x00" in self.symbol:
             raise BadInput("SYMBOL must not contain NUL characters")
         _whole("max_retries", self.max_retries, 0)
+        _whole("max_task_retries", self.max_task_retries, 0)
+        _one_of_choices("engine", self.engine, ("local", "ray"))
+        if self.jobs is not None:
+            _whole("jobs", self.jobs, 1)
+        if self.task_days is not None:
+            _whole("task_days", self.task_days, 1)
+        if self.wait is not None and not (isinstance(self.wait, int | float) and self.wait >= 0):
+            raise BadInput(f"bad --wait {self.wait!r}: use a number of seconds >= 0")
         if not (isinstance(self.backoff_s, int | float) and 0 <= self.backoff_s <= 600):
             raise BadInput(f"bad backoff {self.backoff_s!r}: use 0 to 600 seconds")
         thresholds = {k: getattr(self, k) for k in THRESHOLD_KEYS}
@@ -507,16 +553,34 @@ class BackfillSettings:
             "tables": Tables.parse(self.bars_table, self.events_table, self.columns),
             "write": WriteSettings.parse(self.mode, self.purge, self.chunk_events, self.resume),
             "hygiene_settings": HygieneSettings.resolve(
-                self.symbol, self.hygiene, self.ts_convention, self.config, thresholds
+                self.symbol if self.single_symbol else "",
+                self.hygiene,
+                self.ts_convention,
+                self.config,
+                thresholds,
+                check_only=not self.single_symbol,
             ),
             "retry": RetryPolicy(max_retries=self.max_retries, backoff_s=self.backoff_s),
         }
         for name, value in parsed.items():
             object.__setattr__(self, name, value)
 
-    def tasks(self) -> list[Task]:
-        """The run's tasks."""
-        return [Task(self.symbol, self.strengths, self.time_range, self.hygiene_settings)]
+    @property
+    def single_symbol(self) -> bool:
+        """Whether SYMBOL names one symbol (not a list or a pattern)."""
+        return not (set(self.symbol) & set(",*?["))
+
+    @property
+    def run_config(self) -> RunConfig:
+        """The shared part of every task of this run."""
+        return RunConfig(self.tables, self.read, self.write, self.retry)
+
+    def hygiene_for(self, symbol: str) -> HygieneSettings:
+        """The hygiene of one symbol (its own thresholds: built-in, config, overrides)."""
+        if symbol == self.symbol:
+            return self.hygiene_settings
+        overrides = {k: getattr(self, k) for k in THRESHOLD_KEYS}
+        return HygieneSettings.resolve(symbol, self.hygiene, self.ts_convention, self.config, overrides)
 
 
 def _show(value: Any) -> str:

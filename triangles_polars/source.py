@@ -27,6 +27,7 @@ from triangles_polars.db import (
     table_columns,
     translated,
     with_application_name,
+    with_session_options,
 )
 from triangles_polars.errors import BadInput
 from triangles_polars.schema import DETECT_SCHEMA, to_utc
@@ -133,6 +134,16 @@ class BarSource:
         )
         return bool(fetch_all(cur, sql, (self.symbol,))[0][0])
 
+    def has_bar_from(self, cur: Any, instant: datetime) -> bool:
+        """Whether the symbol has a bar opening at or after ``instant`` (one index probe)."""
+        col = self.tables.columns
+        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
+        sql = (
+            f"SELECT EXISTS (SELECT 1 FROM {qualified(*self.tables.bars_parts)} "
+            f"WHERE {quote_ident(col['symbol'])} = $1 AND {quote_ident(col['ts'])} >= {self._literal(instant + shift)})"
+        )
+        return bool(fetch_all(cur, sql, (self.symbol,))[0][0])
+
     # -- reading
 
     def stream(
@@ -182,7 +193,12 @@ class BarSource:
             stop = min(start + step, hi)
             if after is None or after < stop:
                 query = self.query(start, stop, after=after if after and after >= start else None)
-                raw = cx.read_sql(url, query, return_type="polars", protocol=CONNECTORX_PROTOCOL)
+                raw = cx.read_sql(
+                    with_session_options(url, "connectorx"),  # keepalives, idle-in-transaction timeout
+                    query,
+                    return_type="polars",
+                    protocol=CONNECTORX_PROTOCOL,
+                )
                 yield self.normalise(raw)  # type: ignore[arg-type]
             start = stop
 

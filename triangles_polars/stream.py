@@ -52,6 +52,7 @@ class StreamingDetector:
     thresholds: Thresholds
     start: datetime
     end_exclusive: datetime
+    count_from: datetime | None = None  # bars before it are context only: not counted
     # Carried state (empty at the start of the data).
     hygiene_tail: pl.DataFrame = field(init=False)
     good_tail: pl.DataFrame = field(init=False)
@@ -93,7 +94,10 @@ class StreamingDetector:
         events_df, counts_df, self.hygiene_tail, self.good_tail, good_n, *tails = pl.collect_all(
             [
                 pl.concat(events),
-                count_bad_bars(flagged, self.thresholds),
+                count_bad_bars(
+                    flagged if self.count_from is None else flagged.filter(pl.col("ts") >= self.count_from),
+                    self.thresholds,
+                ),
                 hygiene_tail,
                 sequence.tail(2 * max(self.strengths)),
                 good.select(pl.len()),

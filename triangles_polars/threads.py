@@ -14,8 +14,11 @@ from typing import Any
 
 import polars as pl
 
+from triangles_polars import signals
 from triangles_polars.chunks import Chunk
 from triangles_polars.writer import ChunkWriter
+
+_TICK_S = 0.1  # the longest a wait lasts before it looks at a stop request
 
 
 class BatchReader:
@@ -27,8 +30,9 @@ class BatchReader:
 
     _DONE = object()
 
-    def __init__(self, batches: Iterator[pl.DataFrame], depth: int) -> None:
+    def __init__(self, batches: Iterator[pl.DataFrame], depth: int, after: BatchReader | None = None) -> None:
         self._batches = batches
+        self._after = after  # read only once that reader is done: one read connection at a time
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self.busy_s = 0.0
@@ -37,10 +41,14 @@ class BatchReader:
 
     def _run(self) -> None:
         try:
+            while self._after is not None and self._after._thread.is_alive():
+                if self._stop.is_set() or signals.stop_requested():
+                    return
+                self._after._thread.join(_TICK_S)
             tick = time.perf_counter()
             for bars in self._batches:
                 self.busy_s += time.perf_counter() - tick
-                if self._stop.is_set():
+                if self._stop.is_set() or signals.stop_requested():
                     return
                 self._put(bars)
                 tick = time.perf_counter()
@@ -57,8 +65,14 @@ class BatchReader:
                 continue
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
+        """The batches; :class:`~triangles_polars.signals.Stopped` when a stop is requested."""
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=_TICK_S)  # never block for good: a stop must be seen
+            except queue.Empty:
+                signals.check()
+                continue
+            signals.check()
             if item is self._DONE:
                 return
             if isinstance(item, BaseException):
@@ -94,25 +108,31 @@ class WriterThread:
         self._thread.start()
 
     def _run(self) -> None:
+        finished = False
         try:
             while True:
                 item = self._queue.get()
                 if self._stop.is_set():  # interrupted or failed: start nothing more
                     return
+                signals.check()  # a stop was requested: start no chunk
                 if item is self._DONE:
                     tick = time.perf_counter()
                     self._writer.finish()
                     self.busy_s += time.perf_counter() - tick
+                    finished = True
                     return
                 tick = time.perf_counter()
                 written = self._writer.write(item)
                 self.busy_s += time.perf_counter() - tick
+                if written:
+                    signals.note_commit()
                 if self._on_chunk is not None:  # after the commit, before the next chunk starts
                     self._on_chunk(item, not written)
         except BaseException as exc:
             self._error = exc
         finally:
-            self._writer.session.close()
+            if not finished:  # its transaction may be anywhere: the next task starts afresh
+                self._writer.session.close()
 
     @property
     def chunks_done(self) -> int:
@@ -138,7 +158,7 @@ class WriterThread:
 
     def finish(self) -> None:
         """Write everything queued, mark the run done, and wait."""
-        self._queue.put(self._DONE)
+        self.submit([self._DONE])  # type: ignore[list-item]
         while self._thread.is_alive():
             self._thread.join(timeout=0.1)
         self._check()

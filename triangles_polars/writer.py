@@ -7,12 +7,15 @@ chunks that committed (``docs/contract.md#writing-idempotency-and-faults``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from triangles_polars.chunks import Chunk
-from triangles_polars.db import Session, fetch_all, qualified
+from triangles_polars.coverage import Coverage, CoverageKey, settings_key
+from triangles_polars.db import Session, TransientError, fetch_all, qualified
 from triangles_polars.ledger import RunLedger, RunState, ensure_tables, run_key_fields
-from triangles_polars.settings import BackfillSettings, Task
+from triangles_polars.locks import LockKey, check_held
+from triangles_polars.settings import RunConfig, Task
 
 WRITER_NAME = "triangles_writer"
 
@@ -32,11 +35,15 @@ class WriteStats:
 class ChunkWriter:
     """Writes one task's chunks. Nothing touches the database before the first chunk arrives."""
 
-    def __init__(self, session: Session, settings: BackfillSettings, task: Task) -> None:
+    def __init__(self, session: Session, settings: RunConfig, task: Task) -> None:
         self.session, self.settings, self.task = session, settings, task
+        # Set by the task before its last chunks: where the bars read end (coverage stops there).
+        self.newest_close: datetime | None = None
         self.schema, self.table_name = settings.tables.events_parts
         self.table = qualified(self.schema, self.table_name)
         self.ledger = RunLedger(settings.tables.events, self.schema)
+        self.coverage = Coverage(self.schema)
+        self.settings_key = settings_key(settings, task)
         self.stats = WriteStats()
         self.runs: dict[int, RunState] = {}
 
@@ -59,6 +66,7 @@ class ChunkWriter:
                 self.stats.purged += self._commit("purging the range", lambda cur, k=k: self._purge(cur, k))
 
     def _purge(self, cur: Any, strength: int) -> int:
+        self._check_lock(cur, strength)
         span = (self.task.time_range.start, self.task.time_range.end_exclusive)
         where = "symbol = $1 AND strength = $2 AND confirmed_at >= $3 AND confirmed_at < $4"
         deleted = _count(cur, f"DELETE FROM {self.table} WHERE {where}", (self.task.symbol, strength, *span))
@@ -83,6 +91,7 @@ class ChunkWriter:
 
     def _write(self, cur: Any, chunk: Chunk, state: RunState) -> tuple[int, int]:
         """Delete (replace mode) and ingest one chunk, record it: (rows deleted, rows inserted)."""
+        self._check_lock(cur, chunk.strength)
         deleted = inserted = 0
         if self.settings.write.mode == "replace":
             deleted = _count(cur, *self._replace_delete(chunk))
@@ -99,7 +108,25 @@ class ChunkWriter:
             sql = f"INSERT INTO {self.table} SELECT * FROM triangles_stage ON CONFLICT DO NOTHING"
             inserted = _count(cur, sql, ())
         self.ledger.record_chunk(cur, state.key, chunk.chunk_no, chunk.span_start, chunk.span_end, chunk.size)
+        self.coverage.extend(
+            cur, self._coverage_key(chunk.strength), chunk.span_start, self._covers_until(chunk)
+        )
         return deleted, inserted
+
+    def _coverage_key(self, strength: int) -> CoverageKey:
+        return CoverageKey(self.settings.tables.events, self.task.symbol, strength, self.settings_key)
+
+    def _covers_until(self, chunk: Chunk) -> datetime:
+        """A chunk's span, but never past the close of the newest bar read (a later bar may still come)."""
+        return chunk.span_end if self.newest_close is None else min(chunk.span_end, self.newest_close)
+
+    def _check_lock(self, cur: Any, strength: int) -> None:
+        """Write only under the run's lock: wait (retry) while the driver takes it again."""
+        token = self.settings.lock_token
+        if token and not check_held(
+            cur, LockKey(self.settings.tables.events, self.task.symbol, strength), token
+        ):
+            raise TransientError(f"the run's lock on {self.task.symbol} k={strength} is being taken again")
 
     def _replace_delete(self, chunk: Chunk) -> tuple[str, tuple[Any, ...]]:
         sql = f"DELETE FROM {self.table} WHERE symbol = $1 AND strength = $2 AND ((confirmed_at >= $3 AND confirmed_at < $4)"

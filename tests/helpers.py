@@ -1,0 +1,154 @@
+"""Helpers shared by the test modules: servers, a test's schema, the real command, fault makers.
+
+Fixtures live in ``conftest.py``; everything a test module imports lives here, so no test module
+imports another one (or the conftest).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+from triangles_polars.bars import ingest_bars
+from triangles_polars.db import connect
+from triangles_polars.embedded import start_server, stop_server
+
+NQ = "GLBX.MDP3:NQ"
+
+
+@dataclass
+class Server:
+    """A running PostgreSQL server; ``pgdata`` is None for an external one."""
+
+    url: str
+    pgdata: Path | None
+
+    def stop(self) -> None:
+        assert self.pgdata is not None, "only embedded servers can be stopped"
+        stop_server(self.pgdata)
+
+    def start(self) -> None:
+        assert self.pgdata is not None
+        self.url = start_server(self.pgdata)
+
+    def execute(self, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        conn = connect(self.url, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, parameters=params)
+                try:
+                    return cur.fetchall()
+                except Exception:
+                    return []
+        finally:
+            conn.close()
+
+
+@dataclass
+class Db:
+    """One test's corner of a server: a schema with its own bars and events tables."""
+
+    server: Server
+    schema: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def bars_table(self) -> str:
+        return f"{self.schema}.bars_1m"
+
+    @property
+    def events_table(self) -> str:
+        return f"{self.schema}.triangle_events"
+
+    def load(self, bars: pl.DataFrame) -> None:
+        ingest_bars(self.url, bars, self.bars_table)
+
+    def events(self, where: str = "TRUE", table: str | None = None) -> pl.DataFrame:
+        """Rows of the events table (or ``table`` of this schema), in key order."""
+        name = f"{self.schema}.{table}" if table else self.events_table
+        conn = connect(self.url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    f"SELECT * FROM {name} WHERE {where} "
+                    "ORDER BY symbol, strength, confirmed_at, c_ts, c_kind"
+                )
+                return pl.from_arrow(cur.fetch_arrow_table())
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        return self.server.execute(sql, params)
+
+    def settings(self, **kwargs: Any) -> Any:
+        from triangles_polars.settings import BackfillSettings
+
+        base = {
+            "symbol": NQ,
+            "database_url": self.url,
+            "bars_table": self.bars_table,
+            "events_table": self.events_table,
+            "backoff_s": 0.05,
+        }
+        return BackfillSettings(**(base | kwargs))
+
+
+def make_db(server: Server) -> Db:
+    """A fresh schema of a random name on ``server``."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    server.execute(f"CREATE SCHEMA {schema}")
+    return Db(server, schema)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``triangles`` console script in a subprocess."""
+    full_env = {**os.environ, "TERM": "dumb", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "triangles_polars.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+class CliOutcome(Protocol):
+    """What a command run left behind: a ``CompletedProcess`` or an in-process equivalent."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def assert_one_line_error(result: CliOutcome, code: int, *needles: str) -> None:
+    """Exit ``code``, exactly one line on stderr naming every needle, no traceback, nothing on stdout."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+    assert result.stdout == ""
+
+
+def terminate(server: Server, application_name: str, waiting_on_lock: bool = False) -> int:
+    """Terminate the product's backends with this application_name; returns how many."""
+    condition = "AND wait_event_type = 'Lock'" if waiting_on_lock else ""
+    rows = server.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE application_name = $1 AND pid <> pg_backend_pid() {condition}",
+        (application_name,),
+    )
+    return int(rows[0][0])
