@@ -115,9 +115,9 @@ def test_two_updates_started_together_one_exits_4(db: Db, nq_bars: pl.DataFrame)
 def test_different_keys_proceed_in_parallel(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(pl.concat([nq_bars, nq_bars.with_columns(pl.lit(ES).alias("symbol"))]))
     runs = {
-        (NQ, 5): start(db, "backfill", NQ, "2025-10-27", "2025-11-28", "5", *SLOW, "--json"),
-        (NQ, 3): start(db, "backfill", NQ, "2025-10-27", "2025-11-28", "3", *SLOW, "--json"),
-        (ES, 5): start(db, "backfill", ES, "2025-10-27", "2025-11-28", "5", *SLOW, "--json"),
+        (NQ, 5): start(db, "backfill", NQ, "2025-11-17", "2025-11-28", "5", *SLOW, "--json"),
+        (NQ, 3): start(db, "backfill", NQ, "2025-11-17", "2025-11-28", "3", *SLOW, "--json"),
+        (ES, 5): start(db, "backfill", ES, "2025-11-17", "2025-11-28", "5", *SLOW, "--json"),
     }
     # All three hold their locks at the same time: none waits for another.
     deadline = time.monotonic() + 60
@@ -129,9 +129,9 @@ def test_different_keys_proceed_in_parallel(db: Db, nq_bars: pl.DataFrame) -> No
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         assert json.loads(out)["triangles"] > 1000
-    both = clean(db, "2025-10-27", "2025-11-28", strength="3,5")
+    both = clean(db, "2025-11-17", "2025-11-28", strength="3,5")
     assert db.events(f"symbol = '{NQ}'").equals(both)
-    assert db.events(f"symbol = '{ES}'").equals(clean(db, "2025-10-27", "2025-11-28", symbol=ES))
+    assert db.events(f"symbol = '{ES}'").equals(clean(db, "2025-11-17", "2025-11-28", symbol=ES))
 
 
 def test_wait_waits_for_the_holder_then_runs(db: Db, nq_bars: pl.DataFrame) -> None:

@@ -35,6 +35,8 @@ from tests.helpers import NQ, Db, assert_one_line_error, run_cli
 from triangles_polars.pipeline import backfill
 from triangles_polars.synthetic import generate_bars
 
+pytestmark = pytest.mark.ray  # a pytest process of its own: Ray keeps per-process state (see pyproject)
+
 # Set before Ray is imported (Ray reads them on import): nodes bind 127.0.0.1 only, no usage reports.
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 LOOPBACK = "127.0.0.1"

@@ -459,7 +459,7 @@ def main() -> None:
     code = result if isinstance(result, int) else 0
     if signals.stop_requested():  # stopped by a signal: no slow interpreter teardown (within 1 s)
         signals.exit_fast(code)
-    sys.exit(code)
+    signals.exit_done(code)
 
 
 if __name__ == "__main__":
