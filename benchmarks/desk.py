@@ -1053,15 +1053,18 @@ def ray_main(argv: list[str]) -> None:
     session = ray_session(url, settings, jobs)
     session.__enter__()
     initialised = time.perf_counter() - tick
-    from triangles_polars.cli import main as cli_main
+    from triangles_polars.cli import app
 
-    sys.argv = ["triangles", *cli_args]
     tick = time.perf_counter()
     try:
-        cli_main()
-        code = 0
+        # The app itself, not cli.main(): main() ends the process with os._exit (fast exit), and the
+        # timings below must still be written.
+        result = app(cli_args, standalone_mode=False)
+        code = result if isinstance(result, int) else 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except Exception as exc:  # click's Exit / usage errors carry their exit code
+        code = int(getattr(exc, "exit_code", 1))
     ran = time.perf_counter() - tick
     tick = time.perf_counter()
     session.__exit__(None, None, None)
