@@ -57,7 +57,14 @@ INTRO = """## Following new bars
 `python -m benchmarks.follow` (module docstring: what exactly is measured) times what keeping
 current costs: the daily `triangles update` of 24 symbols with one new session each, and how
 long after a bar's commit the event it confirms is in the table under `update --follow`, polling
-and with `NOTIFY`.
+and with `NOTIFY`. Without `--jobs` this update runs in one process, like `--jobs 1` (its tasks
+read fewer than a million bars: worker processes would cost more than they save), so the two rows
+differ only by the noise of the machine. The per-run cost was cut by profiling: one query for
+every key's coverage and newest bar, one ADBC database object per process (creating one reads
+the server's type catalogue: 60-200 ms a connection before), no TLS attempt by connectorx on a
+unix socket (10 ms a read), the writer's connection kept across tasks, no DDL when the tables
+exist, the next task's bars read while the current one is detected and written, and no
+interpreter teardown after the command (0.15 s of Polars and PyArrow finalisers).
 """
 
 
@@ -296,10 +303,11 @@ def render(results: dict[str, Any]) -> str:
                 f"| {run['jobs']} | **{run['wall_s']:.2f}** | {', '.join(f'{r:.2f}' for r in run['runs'])} | "
                 f"{run['triangles']:,} | {run['bars_processed']:,} |"
             )
-        best = min(r["wall_s"] for r in daily["runs"])
+        default = daily["runs"][0]["wall_s"]  # the command as a cron job runs it
         lines += [
             "",
-            f"Target ≤ {TARGET_UPDATE_S:g} s: {'met' if best <= TARGET_UPDATE_S else 'missed'} ({best:.2f} s).",
+            f"Target ≤ {TARGET_UPDATE_S:g} s for the default command: "
+            f"{'met' if default <= TARGET_UPDATE_S else 'missed'} ({default:.2f} s).",
             "",
         ]
     follow = results.get("follow") or []
