@@ -37,7 +37,9 @@ app = opt.App(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-bars_app = opt.App(help="Bring bars in: load CSV, Parquet or Databento DBN files into the bars table.", no_args_is_help=True)
+bars_app = opt.App(
+    help="Bring bars in: load CSV, Parquet or Databento DBN files into the bars table.", no_args_is_help=True
+)
 server_app = opt.App(help="The embedded PostgreSQL server: status, url, stop.", no_args_is_help=True)
 
 
