@@ -50,33 +50,25 @@ import numpy as np
 import polars as pl
 
 from triangles_polars.errors import BadInput
+from triangles_polars.schema import BAR_SCHEMA, UTC_TS
 
 OHLCV_SCHEMAS = ("ohlcv-1s", "ohlcv-1m", "ohlcv-1h", "ohlcv-1d")
 DEFINITION_SCHEMA = "definition"
 DEFAULT_BATCH_ROWS = 100_000
 
-BAR_SCHEMA: dict[str, pl.DataType] = {
-    "symbol": pl.String(),
-    "ts": pl.Datetime("us", "UTC"),
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Int64(),
-}
 # Extra columns (``extra_columns=True``) that the continuous builder needs.
 EXTRA_SCHEMA: dict[str, pl.DataType] = {
     "instrument_id": pl.Int64(),
     "instrument_class": pl.String(),
-    "expiration": pl.Datetime("us", "UTC"),
+    "expiration": UTC_TS,
 }
 DEFINITIONS_SCHEMA: dict[str, pl.DataType] = {
     "instrument_id": pl.Int64(),
     "raw_symbol": pl.String(),
     "instrument_class": pl.String(),
-    "expiration": pl.Datetime("us", "UTC"),
-    "valid_from": pl.Datetime("us", "UTC"),
-    "valid_to": pl.Datetime("us", "UTC"),
+    "expiration": UTC_TS,
+    "valid_from": UTC_TS,
+    "valid_to": UTC_TS,
 }
 
 _DBN_MAGIC = b"DBN"
@@ -539,7 +531,7 @@ class DbnBars:
         if "instrument_class" not in frame.columns:
             frame = frame.with_columns(
                 pl.lit(None, pl.String).alias("instrument_class"),
-                pl.lit(None, pl.Datetime("us", "UTC")).alias("expiration"),
+                pl.lit(None, UTC_TS).alias("expiration"),
             )
         return frame.select(list(self.columns)).cast(self.columns)  # type: ignore[arg-type]
 

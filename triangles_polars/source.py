@@ -17,7 +17,6 @@ import polars as pl
 
 from triangles_polars.db import (
     RetryPolicy,
-    Session,
     close_quietly,
     connect,
     fetch_all,
@@ -242,10 +241,3 @@ def _adbc_batches(url: str, query: str) -> Iterator[Any]:
             yield from cur.fetch_record_batch()
     finally:
         close_quietly(conn)
-
-
-def reader_session(
-    url: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None
-) -> Session:
-    """The session a run inspects the bars table with (tagged as the reader)."""
-    return Session(url, READER_NAME, policy, on_retry)
