@@ -27,10 +27,31 @@ DB_FIXTURES = frozenset({"pg", "own_pg", "db", "own_db"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``db`` every test whose fixture closure holds a database fixture."""
+    """Mark ``db`` every test whose fixture closure holds a database fixture; keep the Ray module's
+    tests out of a process that is not its own."""
     for item in items:
         if DB_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
+    _keep_ray_module_in_its_own_process(config, items)
+
+
+# Ray keeps per-process state and reads its settings on import: tests/test_ray.py runs in a pytest
+# process of its own, started by its one test that runs here (see that module's docstring).
+RAY_MODULE = "test_ray.py"
+RAY_MODULE_DRIVER = "test_ray_module_in_a_process_of_its_own"
+
+
+def _keep_ray_module_in_its_own_process(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Here only the driver of the Ray module; in the module's own process everything but it."""
+    own_process = os.environ.get("TRIANGLES_TEST_RAY_IN_PROCESS") == "1"
+    elsewhere = [
+        item
+        for item in items
+        if item.path.name == RAY_MODULE and (item.name == RAY_MODULE_DRIVER) == own_process
+    ]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if item not in elsewhere]
 
 
 @pytest.fixture(scope="session")

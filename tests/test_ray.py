@@ -9,6 +9,18 @@ cluster or a database URL the cluster cannot reach is one line with its exit cod
 
 Ray's state API (``ray.util.state.list_tasks``) needs the dashboard, which this cluster does not
 run; task names are read from the same task events in the GCS through Ray's global state instead.
+
+**A pytest process of its own.** Ray keeps per-process state and reads its settings when it is
+first imported, and pytest's collection of other modules imports it before any fixture here runs:
+imported without ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` Ray swaps the loopback address given to
+``ray.init`` for this machine's outward address, where the cluster does not listen, and retries
+there for many minutes. So in the suite's own process only
+:func:`test_ray_module_in_a_process_of_its_own` runs (``tests/conftest.py`` deselects the rest): it
+runs this module in a fresh ``pytest`` with :func:`ray_environment` set from the start (Ray's files
+under the run's own temp dir, not ``/tmp/ray``; token authentication with a token of the run's
+own), bounded in time. ``TRIANGLES_TEST_RAY_IN_PROCESS=1 pytest tests/test_ray.py -k NAME`` runs
+tests here directly (for debugging); the cluster fixture then checks the address Ray would dial
+and bounds Ray's start, so a Ray that does not come up fails in seconds, with the reason.
 """
 
 from __future__ import annotations
@@ -17,12 +29,14 @@ import contextlib
 import json
 import logging
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +45,17 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import polars as pl
 import pytest
 
-from tests.helpers import NQ, Db, assert_one_line_error, run_cli
+from tests.helpers import NQ, Db, Server, assert_one_line_error, run_cli
 from triangles_polars.pipeline import backfill
 from triangles_polars.synthetic import generate_bars
 
-pytestmark = pytest.mark.ray  # a pytest process of its own: Ray keeps per-process state (see pyproject)
+pytestmark = pytest.mark.ray  # run in a pytest process of its own (see the module's docstring)
 
-# Set before Ray is imported (Ray reads them on import): nodes bind 127.0.0.1 only, no usage reports.
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+REPO = Path(__file__).resolve().parent.parent
+IN_PROCESS_VARIABLE = "TRIANGLES_TEST_RAY_IN_PROCESS"  # read by tests/conftest.py too
+MODULE_TIMEOUT_S = 600  # the whole module in its own process (4-5 min measured on 2 cores at load 11-16)
+HUNG_TEST_DUMP_S = 300  # a test running this long gets every thread's traceback printed
+RAY_START_TIMEOUT_S = 60  # connecting to the test cluster takes about a second
 LOOPBACK = "127.0.0.1"
 STRENGTHS = (3, 5, 8)
 # Three series at different price levels: (symbol, seed, price factor).
@@ -67,9 +84,118 @@ class RayCluster:
         return Path(self.cluster.head_node.get_session_dir_path())
 
 
+def ray_environment(temp_dir: Path) -> dict[str, str]:
+    """The environment the module's Ray runs in, set before Ray is imported (Ray reads it then).
+
+    Nodes on 127.0.0.1 only, no usage reports, Ray's own files (``ray_current_cluster``, the local
+    Ray's sessions) under ``temp_dir`` rather than the machine-wide ``/tmp/ray``, and token
+    authentication with a token of the run's own for every process (the cluster, the drivers, the
+    command's local Ray) rather than whatever ``~/.ray/auth_token`` or the caller's ``RAY_AUTH_*`` say.
+    """
+    (temp_dir / "ray").mkdir(parents=True, exist_ok=True)  # Ray writes there without creating it
+    return {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TMPDIR": str(temp_dir),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+
+
+def _module_environment(temp_dir: Path, database_url: str) -> dict[str, str]:
+    """The module's own process: ours without any Ray address or credentials, plus the Ray settings."""
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "RAY_ADDRESS" and not k.startswith(("RAY_AUTH_", "PYTEST_"))
+    }
+    extra = {IN_PROCESS_VARIABLE: "1", "TRIANGLES_TEST_DATABASE_URL": database_url, "PYTHONFAULTHANDLER": "1"}
+    return inherited | ray_environment(temp_dir) | extra
+
+
+def _outcome_counts(output: str) -> dict[str, int]:
+    """pytest's closing line as counts: ``{"passed": 7, "skipped": 1}``."""
+    closing = output.strip().splitlines()[-1] if output.strip() else ""
+    return {
+        word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", closing)
+    }
+
+
+def test_ray_module_in_a_process_of_its_own(pg: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
+    pytest.importorskip("ray", reason="the Ray tests need the ray extra")
+    in_process = [name for name, value in globals().items() if name.startswith("test_") and callable(value)]
+    in_process.remove("test_ray_module_in_a_process_of_its_own")
+    # Short paths: Ray's unix sockets live under them (at most 107 bytes).
+    basetemp, ray_tmp = tmp_path_factory.mktemp("rb"), tmp_path_factory.mktemp("rt")
+    module = str(Path(__file__).relative_to(REPO))
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        module,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--basetemp={basetemp}",
+    ]
+    command += ["-o", f"faulthandler_timeout={HUNG_TEST_DUMP_S}"]
+    # The suite's own process group: a Ctrl-C of the suite stops the module too.
+    with subprocess.Popen(
+        command, cwd=REPO, env=_module_environment(ray_tmp, pg.url),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as proc:  # fmt: skip
+        try:
+            output, _ = proc.communicate(timeout=MODULE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # its Ray's processes follow (Ray's reaper ends a node whose parent died)
+            output, _ = proc.communicate()
+            pytest.fail(f"the Ray module ran over {MODULE_TIMEOUT_S} s; its output:\n{output[-8000:]}")
+    counts = _outcome_counts(output)
+    assert proc.returncode == 0, output[-12000:]
+    assert counts.get("passed", 0) + counts.get("skipped", 0) == len(in_process), output[-3000:]
+
+
+def _within(seconds: float, what: str, call: Callable[[], Any]) -> Any:
+    """``call()`` in a thread of its own; the test fails after ``seconds`` if it has not returned
+    (Ray's own connect retries run for many minutes)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"bounded {what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        pytest.fail(f"{what} did not return within {seconds:.0f} s", pytrace=False)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _check_dialed_address(ray: Any, address: str) -> None:
+    """Ray connects to ``address`` itself, not to another address it puts in its place."""
+    from ray._private import services
+
+    dialed = services.canonicalize_bootstrap_address(address)
+    if dialed != address:
+        pytest.fail(
+            f"ray.init would dial {dialed} for the cluster at {address}: Ray was imported before "
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set (it reads it on import) and puts this machine's "
+            "address in place of loopback; run the module as the suite does (a process of its own)",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    os.environ.update(RAY_ENV)
+    # Run by hand: the settings before Ray's import (the suite's driver sets them at the process start).
+    if "RAY_TMPDIR" not in os.environ and "ray" not in sys.modules:
+        for name, value in ray_environment(tmp_path_factory.mktemp("rt")).items():
+            os.environ.setdefault(name, value)
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
@@ -77,7 +203,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
     try:
         node = cluster.add_node(**node_args)
-        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
+        _check_dialed_address(ray, cluster.address)
+        logs = Path(cluster.head_node.get_session_dir_path()) / "logs"
+        _within(
+            RAY_START_TIMEOUT_S,
+            f"ray.init to the test cluster at {cluster.address} (Ray's logs: {logs})",
+            lambda: ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR),
+        )
         yield RayCluster(ray, cluster, node, node_args)
     finally:
         ray.shutdown()
@@ -129,7 +261,7 @@ def test_many_symbols_and_strengths_equal_local_runs_on_both_nodes(ray_cluster: 
     _load_series(db, "2025-11-03", "2025-11-14")
     span = {"start": "2025-11-10", "end": "2025-11-13"}
     summary = backfill(db.settings(symbol="GLBX.MDP3:*", strength="3,5,8", task_days=2, engine="ray", **span))
-    assert summary.exit_code == 0
+    assert summary.exit_code == 0, [t.error for t in summary.tasks if t.error]
     assert len(summary.tasks) == len(SERIES) * 2
     assert {t.status for t in summary.tasks} == {"done"}
     assert len(_nodes(summary.tasks)) == 2, [t.worker for t in summary.tasks]
@@ -286,7 +418,9 @@ def test_local_ray_for_the_run_on_loopback_only_ctrl_c_stops_it_and_the_same_com
     assert "committed" in stderr and stdout == ""
     assert listening, "the local Ray was never seen listening"
     assert {ip for ip, _ in listening} <= {LOOPBACK, "::1"}, listening
-    deadline = time.monotonic() + 10  # stopped with the run: none of its processes is left
+    # Stopped with the run: none of its processes is left. Ray's agents leave on their own once they
+    # see their raylet gone (five checks 0.4 s apart): seconds, more on a loaded machine.
+    deadline = time.monotonic() + 30
     while (left := [p for p in spawned if psutil.pid_exists(p)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [psutil.Process(p).name() for p in left if psutil.pid_exists(p)] == []
