@@ -331,3 +331,71 @@ def test_tune_runs_the_product_and_reports_each_run(db, nq_bars, protocol: str) 
             assert not table_exists(cur, db.schema, "tune_events")  # its scratch table is dropped
     finally:
         conn.close()
+
+
+def test_compare_revisions_finds_a_revision_equal_to_itself(db, tmp_path: Path) -> None:
+    """HEAD against HEAD on 9 days of the suite's bars: both extracted trees run, the tables are equal."""
+    from benchmarks import compare_revisions
+
+    args = ["--before", "HEAD", "--after", "HEAD", "--days", "9", "--database-url", db.url]
+    record = compare_revisions.main([*args, "--schema", db.schema, "--out", str(tmp_path)])
+    assert record["identical"] and record["before"]["commit"] == record["after"]["commit"]
+    (size,) = record["sizes"]
+    before, after = size["before"]["events_table"], size["after"]["events_table"]
+    assert size["comparison"]["only_in"] == {before: 0, after: 0}
+    events = size["comparison"]["rows"][before]
+    assert events == size["comparison"]["rows"][after] == size["before"]["triangles"] > 50
+    assert size["bars_in_table"] == size["before"]["bars_processed"] > 5000
+    assert [p.name for p in tmp_path.iterdir()] == [f"compare-{record['when'].replace(':', '')}.json"]
+
+
+def _event(i: int) -> tuple[object, ...]:
+    """An events-table row of its own key (C at minute ``i``), in EVENT_COLUMNS order."""
+    t = datetime(2025, 3, 3, 14, tzinfo=UTC) + timedelta(minutes=i)
+    a, b = t - timedelta(minutes=4), t - timedelta(minutes=2)
+    return (
+        "NQ",
+        5,
+        t + timedelta(minutes=5),
+        "HLH",
+        a,
+        b,
+        t,
+        "H",
+        "L",
+        "H",
+        100.0,
+        90.0,
+        100.0 + i,
+        -10.0,
+        10.0 + i,
+        2,
+        2,
+    )
+
+
+def test_compare_revisions_reports_every_difference(db) -> None:
+    """A missing row, a changed row and a stray row: each side's EXCEPT ALL counts and shows them."""
+    from benchmarks.common import pg_execute
+    from benchmarks.compare_revisions import compare_tables
+    from benchmarks.suite import create_events_table
+
+    left, right = f"{db.schema}.left_events", f"{db.schema}.right_events"
+    insert = (
+        f"INSERT INTO {{}} ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))})"
+    )
+    changed = (*_event(1)[:12], _event(1)[12] + 0.25, *_event(1)[13:])
+    for name, rows in (
+        (left, [_event(i) for i in range(5)]),
+        (right, [_event(0), changed, *map(_event, (3, 4, 7))]),
+    ):
+        create_events_table(db.url, name)
+        for row in rows:
+            pg_execute(db.url, insert.format(name), row)
+    result = compare_tables(db.url, left, right)
+    assert not result.identical
+    assert result.rows == {left: 5, right: 5}  # equal counts: only EXCEPT sees the difference
+    assert result.only_in == {left: 2, right: 2}
+    assert sorted(r["c_price"] for r in result.examples[left]) == [101.0, 102.0]
+    assert sorted(r["c_price"] for r in result.examples[right]) == [101.25, 107.0]
+    assert compare_tables(db.url, left, left).identical

@@ -115,39 +115,42 @@ def command_paths() -> list[str]:
     return sorted(paths)
 
 
+def probe(*modules: str) -> dict[str, bool]:
+    """Import ``modules`` in order in a fresh interpreter: the top-level modules they loaded."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *modules], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert proc.returncode == 0, f"importing {modules} failed:\n{proc.stderr[-2000:]}"
+    return json.loads(proc.stdout)
+
+
+def import_problems(loaded: dict[str, bool]) -> list[str]:
+    """Third-party modules from undeclared distributions, and matplotlib loaded at module level."""
+    allowed = closure(DECLARED)
+    problems = []
+    for name in (n for n, in_stdlib in loaded.items() if not in_stdlib and is_third_party(n)):
+        providers = distributions().get(name)
+        if name.startswith("__editable__"):  # the editable install's own import hook
+            continue
+        if not providers or not providers & allowed:
+            problems.append(f"{name} (from {sorted(providers or ['?'])}) is not declared")
+    if "matplotlib" in loaded:
+        problems.append("matplotlib is imported at module level")
+    return problems
+
+
 def test_every_command_path_imports_only_declared_distributions() -> None:
     paths = command_paths()
-    # One fresh interpreter per path, all at once.
-    procs = {
-        path: subprocess.Popen(
-            [sys.executable, "-c", PROBE, "triangles_polars.cli", path],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for path in paths
-    }
-    loaded: dict[str, dict[str, bool]] = {}
-    for path, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, f"importing {path} failed:\n{err[-2000:]}"
-        loaded[path] = json.loads(out)
-    allowed = closure(DECLARED)
-    undeclared = {}
-    for path, names in loaded.items():
-        for name in (n for n, in_stdlib in names.items() if not in_stdlib and is_third_party(n)):
-            providers = distributions().get(name)
-            if name.startswith("__editable__"):  # the editable install's own import hook
-                continue
-            if not providers or not providers & allowed:
-                undeclared.setdefault(path, []).append(f"{name} (from {sorted(providers or ['?'])})")
-    assert not undeclared, f"modules from undeclared distributions: {undeclared}"
+    # Both checks are about the union of what the paths load, so one interpreter importing every
+    # path decides pass or fail; only a failure pays one interpreter per path, to name the culprits.
+    loaded = probe("triangles_polars.cli", *paths)
+    if problems := import_problems(loaded):
+        culprits = {
+            path: found for path in paths if (found := import_problems(probe("triangles_polars.cli", path)))
+        }
+        raise AssertionError(f"{problems}; along these command paths: {culprits}")
     # the commands' ordinary imports really load the declared libraries (the probe sees them)
-    everything = set().union(*loaded.values())
-    assert {"polars", "typer"} <= everything
-    with_matplotlib = [path for path, names in loaded.items() if "matplotlib" in names]
-    assert not with_matplotlib, f"matplotlib is imported at module level along {with_matplotlib}"
+    assert {"polars", "typer"} <= set(loaded)
 
 
 def runtime_imports(path: Path) -> list[tuple[str, bool, int]]:
