@@ -649,13 +649,16 @@ class DeskResult:
         return sum(run.stage_seconds.get(s, 0.0) for s in ("read", "detect", "write")) if run else 0.0
 
     def fixed_per_task_ms(self) -> float | None:
-        """Fixed cost per task: the many-tiny-tasks desk's task time beyond the work its tasks do,
-        priced at the rates of the ``jobs1`` desk (same ``--jobs 1``, one task per symbol).
+        """Fixed cost per task: the many-tiny-tasks desk's in-process time beyond the work its tasks
+        do, priced at the rates of the ``jobs1`` desk (same ``--jobs 1``, one task per symbol).
 
-        The ``jobs1`` desk's task time is split over its stages in proportion to their busy time;
-        the read and detect shares scale with the bars read (lookback included), the write share
-        with the events written. What the tiny tasks take beyond that, per task, is what a task
-        costs whatever its size: connecting, inspecting, planning its reads, the ledger, commits.
+        The in-process time (the command's ``duration_s``: planning, locks and every task, one after
+        the other) and not the tasks' own ``duration_s``: a task's bars table is inspected, and its
+        reads issued, before its ``duration_s`` starts (while the task before it runs), and the
+        planner's coverage and the locks are per task too. The ``jobs1`` desk's time is split over
+        its stages in proportion to their busy time; the read and detect shares scale with the bars
+        read (lookback included), the write share with the events written. What the tiny tasks take
+        beyond that, per task, is what a task costs whatever its size.
         """
         run, big = self.fixed_cost, self.contenders.get("jobs1")
         if run is None or big is None or not run.tasks or not run.bars_read or not big.bars or not big.events:
@@ -664,10 +667,11 @@ class DeskResult:
         total = sum(busy.values())
         if not total:
             return None
-        big_s = big.task_duration_s["sum"]
+        big_s = big.in_process_s or big.task_duration_s["sum"]
         work = (busy["read"] + busy["detect"]) / total * run.bars_read / big.bars
         work += busy["write"] / total * run.events / big.events
-        return round((run.task_duration_s["sum"] - big_s * work) / run.tasks * 1000, 1)
+        spent = run.in_process_s or run.task_duration_s["sum"]
+        return round((spent - big_s * work) / run.tasks * 1000, 1)
 
     def fixed_stage_subtraction_ms(self) -> float | None:
         """(task time - read, detect and write busy time) / tasks. The stages are each thread's busy
@@ -1161,6 +1165,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-events", action="store_true", help="keep the contenders' events schemas")
     parser.add_argument("--drop", action="store_true", help="drop every schema of the run at the end (tests)")
     parser.add_argument("--render", type=Path, metavar="DESK.json", help="only redraw chart and README")
+    parser.add_argument(
+        "--carry",
+        type=Path,
+        metavar="DESK.json",
+        help="take the contenders not run now from this earlier run of the same workload (marked as such)",
+    )
     args = parser.parse_args(argv)
     if not _IDENT.match(args.schema):
         parser.error(f"bad --schema {args.schema!r}")
@@ -1693,6 +1703,36 @@ def write_chart(result: DeskResult, path: Path) -> None:
     plt.close(fig)
 
 
+def carry_over(result: DeskResult, earlier: DeskResult, source: Path) -> None:
+    """Fill the contenders (and extras) this run did not measure from an earlier run of the same
+    workload, each marked with where it comes from, so that a short run of a few contenders still
+    records the whole table. A different workload is refused."""
+    same = ("bars_table", "rows", "start", "end", "strengths", "config_text")
+    if any(result.workload.get(k) != earlier.workload.get(k) for k in same):
+        raise SystemExit(f"--carry {source}: another workload; nothing carried")
+    name = source.name
+    carried = []
+    for contender, measured in earlier.contenders.items():
+        if contender not in result.contenders:
+            measured.note = "; ".join(filter(None, [measured.note, f"carried from {name}"]))
+            result.contenders[contender] = measured
+            carried.append(contender)
+            if contender in earlier.checks and contender not in result.checks:
+                result.checks[contender] = earlier.checks[contender]
+    if "ray" in carried and result.ray_startup is None:
+        result.ray_startup = earlier.ray_startup
+    for extra in ("fixed_cost", "rss_small"):
+        if getattr(result, extra) is None and getattr(earlier, extra) is not None:
+            setattr(result, extra, getattr(earlier, extra))
+            carried.append(extra)
+    if carried:
+        result.notes.append(
+            f"Carried from the earlier run {name} (started {earlier.started_at}, commit "
+            f"{((earlier.machine.get('git') or {}).get('commit') or '')[:12]}), not measured again: "
+            f"{', '.join(carried)}."
+        )
+
+
 def update_readme(readme: Path, block: str) -> None:
     """Replace the text between the desk markers (appending a section if they are missing)."""
     text = readme.read_text() if readme.exists() else "# Benchmarks\n"
@@ -1749,6 +1789,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         return None
     result = run(args, argv)
+    if args.carry:
+        carry_over(result, DeskResult.from_json(json.loads(args.carry.read_text())), args.carry)
     outputs = write_outputs(result, args.out, args.readme)
     say("")
     say(markdown(result, chart=None))

@@ -19,6 +19,7 @@ from triangles_polars.db import fetch_all, qualified
 from triangles_polars.settings import THRESHOLD_KEYS, RunConfig, Task
 
 COVERAGE_TABLE = "triangles_coverage"
+_KEY_COLUMNS = ("events_table", "symbol", "strength", "settings_key")
 
 
 def coverage_ddl(schema: str | None) -> str:
@@ -64,16 +65,47 @@ class Coverage:
 
     def extend(self, cur: Any, key: CoverageKey, start: datetime, end: datetime) -> None:
         """Add ``[start, end)`` to the key's coverage, merging every span it touches."""
-        if end <= start:
+        self.extend_many(cur, [(key, start, end)])
+
+    def extend_many(
+        self, cur: Any, spans: list[tuple[CoverageKey, datetime, datetime]], until: datetime | None = None
+    ) -> None:
+        """:meth:`extend` for several distinct keys, in one statement. Committed chunks' spans are
+        cut at ``until``, the close of the newest bar read: a later bar may still come."""
+        spans = [(key, start, end if until is None else min(end, until)) for key, start, end in spans]
+        spans = [(key, start, end) for key, start, end in spans if end > start]
+        if not spans:
             return
-        cur.execute(
-            f"""WITH touched AS (
-                    DELETE FROM {self.table} WHERE {self._key} AND span_end >= $5 AND span_start <= $6
-                    RETURNING span_start, span_end)
-                INSERT INTO {self.table} (events_table, symbol, strength, settings_key, span_start, span_end)
-                SELECT $1, $2, $3, $4, LEAST($5, min(span_start)), GREATEST($6, max(span_end)) FROM touched""",
-            parameters=(*key.params(), start, end),
+        columns = tuple(
+            list(c) for c in zip(*((*key.params(), lo, hi) for key, lo, hi in spans), strict=True)
         )
+        same = " AND ".join(f"c.{c} = n.{c}" for c in _KEY_COLUMNS)  # c: a stored span, n: a new one
+        cur.execute(
+            f"""WITH n AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[],
+                    $5::timestamptz[], $6::timestamptz[]) AS n({", ".join(_KEY_COLUMNS)}, lo, hi)),
+                touched AS (
+                    DELETE FROM {self.table} c USING n WHERE {same} AND c.span_end >= n.lo AND c.span_start <= n.hi
+                    RETURNING c.*)
+                INSERT INTO {self.table} ({", ".join(_KEY_COLUMNS)}, span_start, span_end)
+                SELECT {", ".join(f"n.{c}" for c in _KEY_COLUMNS)}, LEAST(n.lo, min(c.span_start)),
+                    GREATEST(n.hi, max(c.span_end))
+                FROM n LEFT JOIN touched c ON {same}
+                GROUP BY {", ".join(f"n.{c}" for c in _KEY_COLUMNS)}, n.lo, n.hi""",
+            parameters=columns,
+        )
+
+    def covered(self, cur: Any, wanted: list[tuple[CoverageKey, datetime, datetime]]) -> list[bool]:
+        """For each (key, start, end): whether ``[start, end)`` lies inside one covered span (one query)."""
+        if not wanted:
+            return []
+        columns = list(zip(*((*key.params(), lo, hi) for key, lo, hi in wanted), strict=True))
+        sql = f"""SELECT q.i FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
+                    $6::timestamptz[]) WITH ORDINALITY AS q(events_table, symbol, strength, settings_key, lo, hi, i)
+                  WHERE EXISTS (SELECT 1 FROM {self.table} c WHERE c.events_table = q.events_table
+                    AND c.symbol = q.symbol AND c.strength = q.strength AND c.settings_key = q.settings_key
+                    AND c.span_start <= q.lo AND q.hi <= c.span_end)"""
+        hits = {int(row[0]) for row in fetch_all(cur, sql, tuple(list(c) for c in columns))}
+        return [i + 1 in hits for i in range(len(wanted))]
 
     def spans(self, cur: Any, key: CoverageKey) -> list[tuple[datetime, datetime]]:
         """The key's covered spans, in time order."""

@@ -186,72 +186,78 @@ class RunLedger:
         self.progress = qualified(schema, PROGRESS_TABLE)
 
     def begin(
-        self, cur: Any, fields: dict[str, Any], resume: bool, start: datetime, end: datetime
-    ) -> RunState:
-        """Register the run; an unfinished earlier attempt's chunks come back when ``resume``."""
-        key = run_key(fields)
-        self._adopt_legacy(cur, key, legacy_run_key(fields))
-        rows = fetch_all(cur, f"SELECT status, purged FROM {self.runs} WHERE run_key = $1 FOR UPDATE", (key,))
-        state = RunState(key)
-        if rows and rows[0][0] != "done" and resume:
-            state.purged = bool(rows[0][1])
-            chunks = fetch_all(
-                cur,
-                f"SELECT chunk_no, span_start, span_end, events FROM {self.progress} WHERE run_key = $1",
-                (key,),
-            )
-            state.done = {r[0]: (r[1], r[2], r[3]) for r in chunks}
-        else:
-            cur.execute(f"DELETE FROM {self.progress} WHERE run_key = $1", parameters=(key,))
+        self, cur: Any, runs: list[dict[str, Any]], resume: bool, start: datetime, end: datetime
+    ) -> list[RunState]:
+        """Register a task's runs (one per strength, :func:`run_key_fields`) in a few statements;
+        an unfinished earlier attempt's chunks come back when ``resume``."""
+        keys = [run_key(fields) for fields in runs]
+        self._adopt_legacy(cur, keys, [legacy_run_key(fields) for fields in runs])
+        sql = f"SELECT run_key, status, purged FROM {self.runs} WHERE run_key = ANY($1::text[]) FOR UPDATE"
+        found = {r[0]: (r[1], bool(r[2])) for r in fetch_all(cur, sql, (keys,))}
+        states = [RunState(key) for key in keys]
+        resumed = [s for s in states if resume and found.get(s.key, ("done",))[0] != "done"]
+        for state in resumed:
+            state.purged = found[state.key][1]
+        if resumed:
+            sql = f"SELECT run_key, chunk_no, span_start, span_end, events FROM {self.progress} WHERE run_key = ANY($1::text[])"
+            by_key = {s.key: s for s in resumed}
+            for key, chunk_no, lo, hi, events in fetch_all(cur, sql, ([s.key for s in resumed],)):
+                by_key[key].done[chunk_no] = (lo, hi, events)
+        afresh = [s.key for s in states if s not in resumed]
+        if afresh:
+            cur.execute(f"DELETE FROM {self.progress} WHERE run_key = ANY($1::text[])", parameters=(afresh,))
         cur.execute(
             f"""INSERT INTO {self.runs} (run_key, events_table, symbol, strength, range_start,
-                range_end, status, chunks, purged) VALUES ($1, $2, $3, $4, $5, $6, 'running', 0, $7)
+                range_end, status, chunks, purged)
+                SELECT k, $2, $3, s, $4, $5, 'running', 0, p FROM unnest($1::text[], $6::int[], $7::bool[]) AS u(k, s, p)
                 ON CONFLICT (run_key) DO UPDATE SET status = 'running', purged = EXCLUDED.purged,
                 started_at = now(), finished_at = NULL""",
             parameters=(
-                key,
+                keys,
                 self.events_table,
-                fields["symbol"],
-                fields["strength"],
+                runs[0]["symbol"],
                 start,
                 end,
-                state.purged,
+                [fields["strength"] for fields in runs],
+                [s.purged for s in states],
             ),
         )
-        return state
+        return states
 
-    def _adopt_legacy(self, cur: Any, key: str, legacy: str) -> None:
-        """Rename an unfinished run of the first release to its current key (once)."""
-        moved = fetch_all(
-            cur,
-            f"UPDATE {self.runs} SET run_key = $1 WHERE run_key = $2 AND status <> 'done' "
-            f"AND NOT EXISTS (SELECT 1 FROM {self.runs} WHERE run_key = $1) RETURNING 1",
-            (key, legacy),
+    def _adopt_legacy(self, cur: Any, keys: list[str], legacy: list[str]) -> None:
+        """Rename unfinished runs of the first release to their current keys (once), chunks included."""
+        cur.execute(
+            f"""WITH pairs AS (SELECT * FROM unnest($1::text[], $2::text[]) AS p(run_key, legacy)),
+                moved AS (
+                    UPDATE {self.runs} r SET run_key = p.run_key FROM pairs p
+                    WHERE r.run_key = p.legacy AND r.status <> 'done'
+                      AND NOT EXISTS (SELECT 1 FROM {self.runs} x WHERE x.run_key = p.run_key)
+                    RETURNING p.run_key, p.legacy)
+                UPDATE {self.progress} g SET run_key = m.run_key FROM moved m WHERE g.run_key = m.legacy""",
+            parameters=(keys, legacy),
         )
-        if moved:
-            cur.execute(
-                f"UPDATE {self.progress} SET run_key = $1 WHERE run_key = $2", parameters=(key, legacy)
-            )
 
-    def record_chunk(
-        self, cur: Any, key: str, chunk_no: int, span_start: datetime, span_end: datetime, events: int
-    ) -> None:
-        """Record a chunk, in the chunk's own transaction."""
+    def record_chunks(self, cur: Any, chunks: list[tuple[str, int, datetime, datetime, int]]) -> None:
+        """Record committed chunks ``(run key, chunk_no, span_start, span_end, events)``, in their transaction."""
         cur.execute(
             f"""INSERT INTO {self.progress} (run_key, chunk_no, span_start, span_end, events)
-                VALUES ($1, $2, $3, $4, $5)
+                SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::timestamptz[], $5::int[])
                 ON CONFLICT (run_key, chunk_no) DO UPDATE SET span_start = EXCLUDED.span_start,
                 span_end = EXCLUDED.span_end, events = EXCLUDED.events, committed_at = now()""",
-            parameters=(key, chunk_no, span_start, span_end, events),
+            parameters=tuple(list(column) for column in zip(*chunks, strict=True)),
         )
 
-    def record_purge(self, cur: Any, key: str) -> None:
-        """Record that the run's range was purged, in the purge's own transaction."""
-        cur.execute(f"UPDATE {self.runs} SET purged = true WHERE run_key = $1", parameters=(key,))
-
-    def finish(self, cur: Any, key: str, chunks: int) -> None:
-        """Mark the run done: a later identical command starts afresh (replace keeps it idempotent)."""
+    def record_purge(self, cur: Any, keys: list[str]) -> None:
+        """Record that the runs' range was purged, in the purge's own transaction."""
         cur.execute(
-            f"UPDATE {self.runs} SET status = 'done', chunks = $2, finished_at = now() WHERE run_key = $1",
-            parameters=(key, chunks),
+            f"UPDATE {self.runs} SET purged = true WHERE run_key = ANY($1::text[])", parameters=(keys,)
+        )
+
+    def finish(self, cur: Any, chunks: dict[str, int]) -> None:
+        """Mark runs done (``{run key: its chunks}``): a later identical command starts afresh
+        (replace keeps it idempotent)."""
+        cur.execute(
+            f"""UPDATE {self.runs} SET status = 'done', chunks = u.n, finished_at = now()
+                FROM unnest($1::text[], $2::int[]) AS u(k, n) WHERE run_key = u.k""",
+            parameters=(list(chunks), list(chunks.values())),
         )

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from triangles_polars.db import RetryPolicy, Session, fetch_all
+from triangles_polars.db import RetryPolicy, Session, TransientError, fetch_all
 from triangles_polars.errors import TrianglesError
 
 LOCK_APP_PREFIX = "triangles_lock:"
@@ -47,22 +47,23 @@ class LockKey:
 
 
 # The lock id is a bigint hash of the key; pg_locks shows it as (classid, objid).
-_ID = "hashtextextended($1, 0)"
-_HOLDER = f"""
-    SELECT a.application_name, a.pid, a.backend_start FROM pg_locks l
-    JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-      AND l.classid = (({_ID} >> 32) & 4294967295)::oid AND l.objid = ({_ID} & 4294967295)::oid
-    LIMIT 1"""
+def _is_key(key: str) -> str:
+    """SQL condition: pg_locks row ``l`` is the advisory lock of the key text ``key`` (an SQL expression)."""
+    key_id = f"hashtextextended({key}, 0)"
+    return f"""l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.classid = (({key_id} >> 32) & 4294967295)::oid AND l.objid = ({key_id} & 4294967295)::oid"""
 
 
-def held_sql(param: int) -> str:
-    """SQL (one boolean) for: the run's lock connection (``$param+1``) holds key ``$param``."""
-    key_id = f"hashtextextended(${param}, 0)"
+def _holder_sql(key: str) -> str:
+    return f"""SELECT a.application_name, a.pid, a.backend_start FROM pg_locks l
+    JOIN pg_stat_activity a ON a.pid = l.pid WHERE {_is_key(key)} LIMIT 1"""
+
+
+def held_sql(key: str = "$1", holder: str = "$2") -> str:
+    """SQL (one boolean): the run's lock connection (application name ``holder``) holds ``key``
+    (both SQL expressions)."""
     return f"""SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-          AND l.classid = (({key_id} >> 32) & 4294967295)::oid AND l.objid = ({key_id} & 4294967295)::oid
-          AND a.application_name = ${param + 1})"""
+        WHERE {_is_key(key)} AND a.application_name = {holder})"""
 
 
 @dataclass
@@ -82,37 +83,51 @@ class KeyLocks:
 
     def acquire(self, keys: list[LockKey]) -> dict[LockKey, str]:
         """Take every key it can; returns the keys held by others, with a line naming the holder."""
-        refused: dict[LockKey, str] = {}
         deadline = None if self.wait_s is None else time.monotonic() + self.wait_s
         pending = list(keys)
         while pending:
-            still = []
-            for key in pending:
-                if self._try(key):
-                    self.held.append(key)
-                else:
-                    still.append(key)
-            if not still or (deadline is not None and time.monotonic() >= deadline):
-                pending = still
+            taken = self._try(pending)
+            self.held.extend(k for k in pending if k in taken)
+            pending = [k for k in pending if k not in taken]
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
-            pending = still
             time.sleep(0.2)
-        for key in pending:
-            refused[key] = self.holder(key)
-        return refused
+        return self.holders(pending)
 
-    def _try(self, key: LockKey) -> bool:
+    def _try(self, keys: list[LockKey]) -> set[LockKey]:
+        """Try every key in one statement; the keys taken."""
         # autocommit-free session: a session-level advisory lock survives the commit.
-        rows = self.session.query("taking the lock", f"SELECT pg_try_advisory_lock({_ID})", (key.text,))
-        return bool(rows[0][0])
+        rows = self.session.query(
+            "taking the locks",
+            "SELECT i FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) "
+            "WHERE pg_try_advisory_lock(hashtextextended(u.k, 0))",
+            ([k.text for k in keys],),
+        )
+        return {keys[int(row[0]) - 1] for row in rows}
+
+    def holders(self, keys: list[LockKey]) -> dict[LockKey, str]:
+        """One line per key naming who holds it (application, pid, since when), in one query."""
+        if not keys:
+            return {}
+        rows = self.session.query(
+            "finding the lock holders",
+            f"SELECT u.i, h.* FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) "
+            f"LEFT JOIN LATERAL ({_holder_sql('u.k')}) h ON true",
+            ([k.text for k in keys],),
+        )
+        out = {}
+        for i, app, pid, since in rows:
+            key = keys[int(i) - 1]
+            out[key] = (
+                f"{key} is locked by another command"
+                if pid is None
+                else f"{key} is locked by {app or 'another client'} (pid {pid}, since {since:%Y-%m-%d %H:%M:%S %Z})"
+            )
+        return out
 
     def holder(self, key: LockKey) -> str:
-        """One line naming who holds a key (application, pid, since when)."""
-        rows = self.session.query("finding the lock holder", _HOLDER, (key.text,))
-        if not rows:
-            return f"{key} is locked by another command"
-        app, pid, since = rows[0]
-        return f"{key} is locked by {app or 'another client'} (pid {pid}, since {since:%Y-%m-%d %H:%M:%S %Z})"
+        """One line naming who holds a key."""
+        return self.holders([key])[key]
 
     def ensure(self) -> None:
         """Take the held keys again if the lock connection was lost (after a reconnect)."""
@@ -125,7 +140,8 @@ class KeyLocks:
                     "SELECT count(*) FROM pg_locks l WHERE l.pid = pg_backend_pid() AND l.locktype = 'advisory'",
                 )
                 if int(alive[0][0]) < len(self.held) and not self.released:
-                    lost = [k for k in self.held if not self._try(k)]
+                    taken = self._try(self.held)
+                    lost = [k for k in self.held if k not in taken]
                     if lost:
                         raise Locked(self.holder(lost[0]))
             finally:
@@ -155,7 +171,20 @@ class KeyLocks:
 
 def check_held(cur: Any, key: LockKey, token: str) -> bool:
     """Whether the run's lock connection holds ``key`` (run inside a chunk transaction)."""
-    return bool(fetch_all(cur, held_sql(1), (key.text, token))[0][0])
+    return bool(fetch_all(cur, held_sql(), (key.text, token))[0][0])
+
+
+def require_held(cur: Any, keys: list[LockKey], token: str | None) -> None:
+    """Write only under the run's locks: a key its lock connection does not hold (the driver is
+    taking it again after a reconnect) is a :class:`TransientError`, so the write waits (retries).
+    One statement for every key; nothing to check when the run took no locks (``token`` None)."""
+    if not token or not keys:
+        return
+    sql = f"SELECT u.k FROM unnest($1::text[]) AS u(k) WHERE NOT ({held_sql('u.k', '$2')})"
+    missing = fetch_all(cur, sql, ([k.text for k in keys], token))
+    if missing:
+        lost = next(k for k in keys if k.text == missing[0][0])
+        raise TransientError(f"the run's lock on {lost.symbol} k={lost.strength} is being taken again")
 
 
 class _Keeper(threading.Thread):

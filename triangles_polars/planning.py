@@ -52,18 +52,21 @@ def _plan(cur: Any, settings: BackfillSettings) -> Plan:
     check_bars_table(cur, tables)
     symbols = resolve_symbols(cur, tables, settings.symbol)
     plan = Plan(symbols)
-    config = settings.run_config
-    coverage = _coverage_reader(cur, settings)
-    for symbol in symbols:
-        hygiene = settings.hygiene_for(symbol)
-        version = series_version(cur, settings, symbol)
-        for time_range, count_from in split_range(settings.time_range, settings.task_days):
-            task = Task(symbol, settings.strengths, time_range, hygiene, count_from, version)
-            todo = tuple(k for k in task.strengths if not _covered(cur, coverage, config, task, k))
-            if todo:
-                plan.to_run.append(replace(task, strengths=todo))
-            else:
-                plan.skipped.append(skipped_result(task))
+    versions = series_versions(cur, settings, symbols)
+    tasks = [
+        Task(
+            symbol, settings.strengths, time_range, settings.hygiene_for(symbol), count_from, versions[symbol]
+        )
+        for symbol in symbols
+        for time_range, count_from in split_range(settings.time_range, settings.task_days)
+    ]
+    covered = _covered(cur, _coverage_reader(cur, settings), settings.run_config, tasks)
+    for i, task in enumerate(tasks):
+        todo = tuple(k for k in task.strengths if (i, k) not in covered)
+        if todo:
+            plan.to_run.append(replace(task, strengths=todo))
+        else:
+            plan.skipped.append(skipped_result(task))
     plan.jobs = worker_count(settings.jobs, len(plan.to_run))
     check_connections(cur, settings, plan.jobs)
     return plan
@@ -98,11 +101,23 @@ def _coverage_reader(cur: Any, settings: BackfillSettings) -> Coverage | None:
     return Coverage(schema)
 
 
-def _covered(cur: Any, coverage: Coverage | None, config: RunConfig, task: Task, strength: int) -> bool:
+def _covered(
+    cur: Any, coverage: Coverage | None, config: RunConfig, tasks: list[Task]
+) -> set[tuple[int, int]]:
+    """The (task index, strength) pairs whose range is covered already, in one query."""
     if coverage is None:
-        return False
-    key = CoverageKey(config.tables.events, task.symbol, strength, settings_key(config, task))
-    return coverage.covers(cur, key, task.time_range.start, task.time_range.end_exclusive)
+        return set()
+    pairs = [(i, k) for i, task in enumerate(tasks) for k in task.strengths]
+    keys = [settings_key(config, task) for task in tasks]
+    wanted = [
+        (
+            CoverageKey(config.tables.events, tasks[i].symbol, k, keys[i]),
+            tasks[i].time_range.start,
+            tasks[i].time_range.end_exclusive,
+        )
+        for i, k in pairs
+    ]
+    return {pair for pair, hit in zip(pairs, coverage.covered(cur, wanted), strict=True) if hit}
 
 
 def skipped_result(task: Task) -> TaskResult:
@@ -120,13 +135,17 @@ def skipped_result(task: Task) -> TaskResult:
 
 def series_version(cur: Any, settings: BackfillSettings, symbol: str) -> int:
     """The version of a loaded series (bumped by every back-adjusted load), 0 when unversioned."""
+    return series_versions(cur, settings, [symbol])[symbol]
+
+
+def series_versions(cur: Any, settings: BackfillSettings, symbols: list[str]) -> dict[str, int]:
+    """:func:`series_version` of each symbol, in one query."""
     schema, _ = settings.tables.bars_parts
-    if not table_exists(cur, schema, SERIES_TABLE):
-        return 0
-    rows = fetch_all(
-        cur, f"SELECT version FROM {qualified(schema, SERIES_TABLE)} WHERE symbol = $1", (symbol,)
-    )
-    return int(rows[0][0]) if rows else 0
+    versions = dict.fromkeys(symbols, 0)
+    if symbols and table_exists(cur, schema, SERIES_TABLE):
+        sql = f"SELECT symbol, version FROM {qualified(schema, SERIES_TABLE)} WHERE symbol = ANY($1::text[])"
+        versions |= {row[0]: int(row[1]) for row in fetch_all(cur, sql, (symbols,))}
+    return versions
 
 
 def worker_count(jobs: int | None, tasks: int) -> int:

@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from triangles_polars.detect import confirmed_between, find_pivots, triangles_from_pivots
+from triangles_polars.detect import find_pivots, triangles_from_pivots
 from triangles_polars.hygiene import count_bad_bars, flag_bars
-from triangles_polars.schema import DETECT_COLUMNS, DETECT_SCHEMA, EVENT_SCHEMA, OHLC, to_utc
+from triangles_polars.schema import DETECT_COLUMNS, DETECT_SCHEMA, EVENT_SCHEMA, OHLC, UTC_TS, to_utc
 from triangles_polars.settings import DEFAULT_STRENGTH, HygieneProfile, Thresholds, resolve_thresholds
 
 BAR_COLUMNS = list(DETECT_COLUMNS)  # what hygiene and detection read of a bar
@@ -58,54 +58,59 @@ class StreamingDetector:
     good_tail: pl.DataFrame = field(init=False)
     pivot_tails: dict[int, pl.DataFrame] = field(default_factory=dict, init=False)
     next_pos: int = field(default=0, init=False)
+    # Per strength, pivots confirmed before ``start``, counted up to 2: fewer means the bars
+    # loaded before START were too few for the first events (docs/contract.md#warnings).
+    pivots_before_start: dict[int, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.strengths = (self.strength,) if isinstance(self.strength, int) else tuple(self.strength)
         self.hygiene_tail = pl.DataFrame(schema=DETECT_SCHEMA)
         self.good_tail = pl.DataFrame(schema={"pos": pl.Int64, **DETECT_SCHEMA})
+        # confirmed_at in [start, end): built once (a datetime literal costs Polars a Series each time).
+        self._in_range = (pl.col("confirmed_at") >= pl.lit(self.start, UTC_TS)) & (
+            pl.col("confirmed_at") < pl.lit(self.end_exclusive, UTC_TS)
+        )
 
     def push(self, bars: pl.DataFrame) -> DetectionResult:
-        """Process the next slice (sorted by ts, unique, later than every earlier slice)."""
+        """Process the next slice (sorted by ts, unique, later than every earlier slice).
+
+        Three small collects (hygiene, pivots, events) rather than one: a slice of a short task
+        holds a few thousand bars, and one plan of every output for every strength costs Polars
+        more to optimise than the work itself.
+        """
         context = self.hygiene_tail.height
         combined = pl.concat([self.hygiene_tail, bars.select(BAR_COLUMNS)]).lazy()
-        flagged = flag_bars(combined, self.profile, self.thresholds).slice(context)
-
+        flagged = flag_bars(combined, self.profile, self.thresholds).slice(context).collect()
+        counted = flagged if self.count_from is None else flagged.filter(pl.col("ts") >= self.count_from)
         passed_early = ~(pl.col("bad_ohlc_integrity") | pl.col("bad_price"))
-        hygiene_tail = pl.concat(
-            [self.hygiene_tail.lazy(), flagged.filter(passed_early).select(BAR_COLUMNS)]
-        ).tail(self.thresholds.reference_window if self.profile == "full" else 0)
+        keep = self.thresholds.reference_window if self.profile == "full" else 0
+        self.hygiene_tail = pl.concat(
+            [self.hygiene_tail, flagged.filter(passed_early).select(BAR_COLUMNS)]
+        ).tail(keep)
         first_new = self.next_pos
-        good = (
-            flagged.filter(~pl.col("is_bad"))
-            .select(BAR_COLUMNS)
-            .with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + first_new).alias("pos"))
-        )
+        good = flagged.filter(~pl.col("is_bad")).select(BAR_COLUMNS)
+        self.next_pos += good.height
+        good = good.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + first_new).alias("pos"))
         # The good-bar sequence is the same for every strength: it is built once.
-        sequence = pl.concat([self.good_tail.lazy(), good.select(self.good_tail.columns)])
-        events, pivot_tails = [], []
-        for k in self.strengths:
-            pivots = find_pivots(sequence, k, self.bar_interval).filter(pl.col("pos") + k >= first_new)
-            if k in self.pivot_tails:
-                pivots = pl.concat([self.pivot_tails[k].lazy(), pivots])
-            triangles = triangles_from_pivots(pivots, self.symbol, k)
-            events.append(confirmed_between(triangles, self.start, self.end_exclusive))
-            pivot_tails.append(pivots.tail(2))
-        # One collect for everything: Polars computes the shared hygiene sub-plan once.
-        events_df, counts_df, self.hygiene_tail, self.good_tail, good_n, *tails = pl.collect_all(
+        sequence = pl.concat([self.good_tail, good.select(self.good_tail.columns)]).lazy()
+        self.good_tail = sequence.tail(2 * max(self.strengths)).collect()
+        new_pivots = pl.collect_all(
             [
-                pl.concat(events),
-                count_bad_bars(
-                    flagged if self.count_from is None else flagged.filter(pl.col("ts") >= self.count_from),
-                    self.thresholds,
-                ),
-                hygiene_tail,
-                sequence.tail(2 * max(self.strengths)),
-                good.select(pl.len()),
-                *pivot_tails,
+                find_pivots(sequence, k, self.bar_interval).filter(pl.col("pos") + k >= first_new)
+                for k in self.strengths
             ]
         )
-        self.pivot_tails = dict(zip(self.strengths, tails, strict=True))
-        self.next_pos += int(good_n.item())
+        events = []
+        for k, found in zip(self.strengths, new_pivots, strict=True):
+            if self.pivots_before_start.get(k, 0) < 2:  # each pivot is new in exactly one slice
+                early = found.filter(pl.col("confirmed_at") < self.start).height
+                self.pivots_before_start[k] = min(2, self.pivots_before_start.get(k, 0) + early)
+            pivots = pl.concat([self.pivot_tails[k], found]) if k in self.pivot_tails else found
+            self.pivot_tails[k] = pivots.tail(2)
+            events.append(triangles_from_pivots(pivots.lazy(), self.symbol, k).filter(self._in_range))
+        events_df, counts_df = pl.collect_all(
+            [pl.concat(events), count_bad_bars(counted.lazy(), self.thresholds)]
+        )
         counts = counts_df.row(0, named=True)
         bars_n = int(counts.pop("bars"))
         bad = int(counts.pop("bad_bars") or 0)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from typing import Any
 
 
@@ -50,21 +51,45 @@ class RunSummary:
         for k, n in task.triangles_by_strength.items():
             self.triangles_by_strength[k] = self.triangles_by_strength.get(k, 0) + n
         self.triangles = sum(self.triangles_by_strength.values())
-        self.chunks += task.chunks
-        self.chunks_skipped += task.chunks_skipped
-        self.commits += task.commits
+        WriteStats.add_writes(self, task)  # type: ignore[arg-type]  # the same counters, by name
         self.retries += task.retries
-        self.rows_inserted += task.rows_inserted
-        self.rows_deleted += task.rows_deleted
-        self.purged += task.purged
         for stage, seconds in task.stage_seconds.items():
             self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 3)
         if SEVERITY.index(task.exit_code) > SEVERITY.index(self.exit_code):
             self.exit_code = task.exit_code
 
+    @property
+    def rows_already_present(self) -> int:
+        """Append mode: events of the range whose key the table held already (not inserted again)."""
+        return max(0, self.triangles - self.rows_inserted) if self.mode == "append" else 0
+
+    def written(self) -> str:
+        """What the writes did, for the human summary: ``replace: 3,381 inserted, 3,381 replaced``.
+
+        >>> RunSummary(triangles=3381, rows_inserted=0, mode="append").written()
+        'append: 0 inserted, 3,381 already present'
+        >>> RunSummary(triangles=10, rows_inserted=10, rows_deleted=7, mode="replace").written()
+        'replace: 10 inserted, 7 replaced'
+        """
+        if self.mode == "append":
+            return f"append: {self.rows_inserted:,} inserted, {self.rows_already_present:,} already present"
+        return f"{self.mode}: {self.rows_inserted:,} inserted, {self.rows_deleted:,} replaced"
+
+    def bad_bars(self) -> str:
+        """Bad bars and their codes, for the human summary; a bar can carry several codes (rules 3-5).
+
+        >>> RunSummary(bad_bars_skipped=3, bad_bars_by_rule={"DISCONTINUITY_500": 3, "FLAT_DISCONTINUITY_50": 2}).bad_bars()
+        '3  (DISCONTINUITY_500 3, FLAT_DISCONTINUITY_50 2; a bar can carry several codes)'
+        """
+        codes = self.bad_bars_by_rule
+        by_code = ", ".join(f"{code} {n:,}" for code, n in codes.items()) if codes else "none"
+        several = "; a bar can carry several codes" if sum(codes.values()) > self.bad_bars_skipped else ""
+        return f"{self.bad_bars_skipped:,}  ({by_code}{several})"
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready dict (``tasks`` only for a run of several tasks)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("tasks", "many_tasks")}
+        out["rows_already_present"] = self.rows_already_present
         out["triangles_by_strength"] = {str(k): v for k, v in self.triangles_by_strength.items()}
         if self.many_tasks:
             out["tasks"] = [task.to_json() for task in self.tasks]
@@ -90,16 +115,37 @@ class Progress:
     def tasks_planned(self, tasks: int, total: float) -> None:
         """A run of ``tasks`` tasks covering ``total`` seconds of bar time starts."""
 
-    def task_started(self, task: Any) -> None:
-        """A task starts in this process (its ``advance`` calls follow)."""
+    def task_started(self, task: Any, first_bar: datetime | None = None) -> None:
+        """A task starts in this process (its ``advance`` calls follow); its bars begin at ``first_bar``."""
 
     def task_done(self, result: TaskResult, span_s: float) -> None:
         """A task finished (anywhere); ``span_s`` is its bar time."""
 
 
+@dataclass(kw_only=True)
+class WriteStats:
+    """What writing a task's chunks did, counted after each commit (``docs/contract.md#json-output``)."""
+
+    chunks: int = 0  # chunks of the range: written now, or skipped (an earlier attempt committed them)
+    chunks_skipped: int = 0
+    commits: int = 0  # one per chunk written, one for a purge
+    rows_inserted: int = 0
+    rows_deleted: int = 0
+    purged: int = 0
+
+    def add_writes(self, other: WriteStats) -> None:
+        """Add another's counters to these."""
+        for name in WRITE_COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+WRITE_COUNTERS = tuple(f.name for f in fields(WriteStats))
+
+
 @dataclass
-class TaskResult:
-    """What one task did; ``to_json()`` is one object of ``--json``'s ``tasks``."""
+class TaskResult(WriteStats):
+    """What one task did (its writing's counters included); ``to_json()`` is one object of
+    ``--json``'s ``tasks``."""
 
     symbol: str
     strengths: tuple[int, ...]
@@ -112,13 +158,7 @@ class TaskResult:
     bad_bars_skipped: int = 0
     bad_bars_by_rule: dict[str, int] = field(default_factory=dict)
     triangles_by_strength: dict[int, int] = field(default_factory=dict)
-    chunks: int = 0
-    chunks_skipped: int = 0
-    commits: int = 0
     retries: int = 0
-    rows_inserted: int = 0
-    rows_deleted: int = 0
-    purged: int = 0
     duration_s: float = 0.0
     worker: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -131,6 +171,7 @@ class TaskResult:
     def to_json(self) -> dict[str, Any]:
         """The task's JSON object (strength keys as strings, as JSON needs)."""
         out = asdict(self)
+        out = {name: out.pop(name) for name in ("symbol", "strengths", "start", "end_exclusive")} | out
         out["strengths"] = list(self.strengths)
         out["triangles_by_strength"] = {str(k): v for k, v in self.triangles_by_strength.items()}
         for internal in (

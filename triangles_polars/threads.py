@@ -122,12 +122,14 @@ class WriterThread:
                     finished = True
                     return
                 tick = time.perf_counter()
-                written = self._writer.write(item)
+                group = item if isinstance(item, list) else [item]  # a list: one transaction
+                written = self._writer.write_together(group)
                 self.busy_s += time.perf_counter() - tick
-                if written:
+                if any(written):
                     signals.note_commit()
-                if self._on_chunk is not None:  # after the commit, before the next chunk starts
-                    self._on_chunk(item, not written)
+                for chunk, done in zip(group, written, strict=True):
+                    if self._on_chunk is not None:  # after the commit, before the next chunk starts
+                        self._on_chunk(chunk, not done)
         except BaseException as exc:
             self._error = exc
         finally:
@@ -155,6 +157,11 @@ class WriterThread:
                     if not self._thread.is_alive():
                         self._check()
                         raise RuntimeError("the writer thread stopped") from None
+
+    def submit_together(self, chunks: list[Chunk]) -> None:
+        """Queue chunks of distinct strengths to be written in one transaction (a task's last ones)."""
+        if chunks:
+            self.submit([chunks])  # type: ignore[list-item]
 
     def finish(self) -> None:
         """Write everything queued, mark the run done, and wait."""
