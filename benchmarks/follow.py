@@ -57,9 +57,10 @@ INTRO = """## Following new bars
 `python -m benchmarks.follow` (module docstring: what exactly is measured) times what keeping
 current costs: the daily `triangles update` of 24 symbols with one new session each, and how
 long after a bar's commit the event it confirms is in the table under `update --follow`, polling
-and with `NOTIFY`. Without `--jobs` this update runs in one process, like `--jobs 1` (its tasks
-read fewer than a million bars: worker processes would cost more than they save), so the two rows
-differ only by the noise of the machine. The per-run cost was cut by profiling: one query for
+and with `NOTIFY`. Without `--jobs` this update may use as many processes as CPU cores, but its
+worker processes are started only once the run has more work queued than a worker takes to start
+(about a second): a run this short ends in the calling process, like `--jobs 1`. The per-run cost
+was cut by profiling: one query for
 every key's coverage and newest bar, one ADBC database object per process (creating one reads
 the server's type catalogue: 60-200 ms a connection before), no TLS attempt by connectorx on a
 unix socket (10 ms a read), the writer's connection kept across tasks, no DDL when the tables

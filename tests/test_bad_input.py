@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import NQ, Db, Server, assert_one_line_error, run_cli
+from tests.helpers import NQ, Db, Server, assert_one_line_error, run_cli, run_cli_in_process
 from triangles_polars.cli import app
 
 DAY = "2025-11-03"
@@ -399,3 +399,71 @@ def test_database_url_of_another_kind(db: Db, bars_db: Db) -> None:
     assert_one_line_error(result, 2, "bad database URL", "postgresql://")
     assert "hunter2-pw" not in result.stderr
     assert tables_in(db) == set()
+
+
+# ---------------------------------------------------------------------------- database URLs libpq refuses
+#
+# URLs that libpq (or connectorx) refuses before connecting are a user mistake: exit 2, one line
+# naming what is wrong, the password nowhere (tests/test_security.py proves the password part for
+# every command over generated URLs). Nothing listens on port 1, so none of them reaches a server.
+
+URL_CASES = {
+    "port not a number": ("postgresql://u:pw-Secret1@127.0.0.1:abc/db", ["bad database URL", "port"]),
+    "sslmode=bogus": (
+        "postgresql://u:pw-Secret1@127.0.0.1:1/db?sslmode=bogus",
+        ["bad database URL", "sslmode"],
+    ),
+    "unknown option": (
+        "postgresql://u:pw-Secret1@127.0.0.1:1/db?frobnicate=1",
+        ["bad database URL", "frobnicate"],
+    ),
+    "raw / in the password": ("postgresql://u:pw/Secret1@127.0.0.1:1/db", ["bad database URL", "port"]),
+    "raw @ in the password": ("postgresql://u:pw@Secret1@127.0.0.1:1/db", ["bad database URL", "%40"]),
+    "bad percent-encoding": ("postgresql://u:pw%zzSecret1@127.0.0.1:1/db", ["bad database URL", "percent"]),
+    "one slash": ("postgres:/u:pw-Secret1@127.0.0.1:1/db", ["bad database URL", "no // after postgres:"]),
+    "key=value string": ("host=127.0.0.1 password=pw-Secret1", ["bad database URL", "key=value"]),
+}
+
+
+@pytest.mark.parametrize(("url", "needles"), URL_CASES.values(), ids=URL_CASES.keys())
+def test_urls_libpq_refuses_exit_2(url: str, needles: list[str]) -> None:
+    result = run_cli_in_process("backfill", NQ, DAY, DAY, "--database-url", url)
+    assert_one_line_error(result, 2, *needles)
+    assert "Secret1" not in result.stderr
+
+
+def test_demo_on_an_unreachable_server_exits_3(tmp_path: Path) -> None:
+    url = "postgresql://u:pw-Secret1@127.0.0.1:1/db"
+    result = run_cli_in_process(
+        "demo", "--out", str(tmp_path / "demo"), "--database-url", url, env={"TRIANGLES_MAX_RETRIES": "0"}
+    )
+    assert_one_line_error(result, 3, "unreachable")
+    assert "Secret1" not in result.stderr
+    assert not (tmp_path / "demo").exists()
+
+
+# ---------------------------------------------------------------------------- output paths
+
+
+def test_output_paths_that_cannot_be_written_exit_2_naming_them(db: Db, bars_db: Db) -> None:
+    from triangles_polars.pipeline import backfill
+
+    backfill(db.settings(start=DAY, end=DAY, bars_table=bars_db.bars_table))
+    assert db.events().height > 0  # so that export has something to write
+    tables = ["--database-url", db.url, "--events-table", db.events_table]
+    export = run_cli_in_process("export", NQ, DAY, DAY, "--out", "/proc/triangles-x", *tables)
+    assert_one_line_error(export, 2, "/proc/triangles-x")
+    assert "unexpected" not in export.stderr
+    plot = run_cli_in_process(
+        "plot",
+        NQ,
+        DAY,
+        DAY,
+        "--out",
+        "/proc/triangles-x/chart.png",
+        *tables,
+        "--bars-table",
+        bars_db.bars_table,
+    )
+    assert_one_line_error(plot, 2, "/proc/triangles-x")  # the folder it could not make
+    assert "unexpected" not in plot.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.helpers import NQ, Db, assert_one_line_error, run_cli
+from tests.helpers import NQ, Db, Server, assert_one_line_error, run_cli, run_cli_in_process
 
 REQUIRED_JSON_KEYS = {
     "bars_processed",
@@ -178,7 +178,10 @@ def test_missing_bars_table_and_columns(db: Db) -> None:
 
 def test_no_bars_for_symbol_or_range(loaded: Db) -> None:
     assert_one_line_error(
-        run_cli("backfill", "NOPE", "2025-11-03", "2025-11-03", *base_args(loaded)), 2, "no bars for symbol"
+        run_cli("backfill", "NOPE", "2025-11-03", "2025-11-03", *base_args(loaded)),
+        2,
+        "no bars for symbol",
+        f"symbols with bars: {NQ} (2025-10-20 → 2025-11-04)",  # what exists, with its days
     )
     # A known symbol whose window holds no bars (a holiday) is not a failure: exit 0 with a warning,
     # so that a daily cron job does not fail on a holiday.
@@ -243,3 +246,245 @@ def test_version_is_the_installed_distribution_version() -> None:
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"triangles {version('triangles-polars')}\n"
     assert version("triangles-polars") == triangles_polars.__version__
+
+
+# ---------------------------------------------------------------------------- groups without a sub-command
+
+
+@pytest.mark.parametrize(
+    "group", [[], ["bars"], ["events"], ["server"]], ids=["triangles", "bars", "events", "server"]
+)
+def test_a_group_without_its_sub_command_prints_its_help_and_exits_0(group: list[str]) -> None:
+    result = run_cli_in_process(*group)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no "error:  (see --help)" with an empty message
+    assert f"Usage: {' '.join(['triangles', *group])} [OPTIONS] COMMAND" in result.stdout
+    assert "Commands" in result.stdout
+
+
+def test_a_group_without_its_sub_command_in_the_real_console_script() -> None:
+    result = run_cli("server")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "Usage: triangles server [OPTIONS] COMMAND" in result.stdout and "status" in result.stdout
+
+
+# ---------------------------------------------------------------------------- compact dates
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "first", "end_exclusive"),
+    [
+        ("20251103", "20251103", "2025-11-03T00:00:00+00:00", "2025-11-04T00:00:00+00:00"),
+        ("20251103", "2025-11-04", "2025-11-03T00:00:00+00:00", "2025-11-05T00:00:00+00:00"),
+        ("20251103", "2025-11-03T12:00:00Z", "2025-11-03T00:00:00+00:00", "2025-11-03T12:00:00+00:00"),
+    ],
+)
+def test_compact_dates_are_whole_days(start: str, end: str, first: str, end_exclusive: str) -> None:
+    from triangles_polars.settings import TimeRange, Window
+
+    window = Window.parse(start, end)
+    assert (window.start.isoformat(), window.end_exclusive.isoformat()) == (first, end_exclusive)
+    assert TimeRange.parse(start, end, "20251027").anchor.isoformat() == "2025-10-27T00:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("value", "needles"),
+    [("20251332", ["not a real date"]), ("2025-1103", ["YYYYMMDD"]), ("202511030", ["YYYYMMDD"])],
+)
+def test_malformed_compact_dates_name_the_accepted_forms(value: str, needles: list[str]) -> None:
+    result = run_cli_in_process(
+        "backfill", NQ, "2025-11-03", value, "--database-url", "postgresql://u@127.0.0.1:1/db"
+    )
+    assert_one_line_error(result, 2, "malformed END", value, *needles)
+
+
+def test_compact_dates_backfill_the_same_day_as_iso_dates(loaded: Db) -> None:
+    compact = run_cli_in_process("backfill", NQ, "20251103", "20251103", "--json", *base_args(loaded))
+    assert compact.returncode == 0, compact.stderr
+    iso = run_cli_in_process(
+        "backfill", NQ, "2025-11-03", "2025-11-03", "--json", "--restart", *base_args(loaded)
+    )
+    assert iso.returncode == 0, iso.stderr
+    compact_summary, iso_summary = json.loads(compact.stdout), json.loads(iso.stdout)
+    assert compact_summary["triangles"] == iso_summary["triangles"] > 0
+    assert compact_summary["bars_processed"] == iso_summary["bars_processed"]
+    assert compact_summary["end_exclusive"] == iso_summary["end_exclusive"] == "2025-11-04T00:00:00+00:00"
+    # the update's --until takes the same forms: the whole day
+    from triangles_polars.update import UpdateSettings
+
+    compact_until = UpdateSettings(symbol=NQ, until="20251103").until_exclusive
+    assert compact_until == UpdateSettings(symbol=NQ, until="2025-11-03").until_exclusive
+    assert compact_until is not None and compact_until.isoformat() == "2025-11-04T00:00:00+00:00"
+
+
+# ---------------------------------------------------------------------------- --help
+
+
+def every_command() -> list[tuple[list[str], object]]:
+    """``(["bars", "load"], click command)`` for every command and group of the app."""
+    import typer
+
+    from triangles_polars.cli import app
+
+    found: list[tuple[list[str], object]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        found.append((path, command))
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+COMMANDS_WITH_EXAMPLES = {"backfill", "update", "export", "plot", "bars load"}
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), every_command(), ids=lambda v: " ".join(v) if isinstance(v, list) else ""
+)
+def test_help_reads_right(path: list[str], command: object) -> None:
+    result = run_cli_in_process(*path, "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "<bool>" not in text  # a flag takes no value
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "[[" not in usage, usage
+    for param in getattr(command, "params", []):
+        if getattr(param, "hidden", False):
+            continue
+        assert (getattr(param, "help", None) or "").strip(), (
+            f"{' '.join(path)}: {param.name} has no description"
+        )
+        if param.param_type_name == "argument":
+            assert (param.metavar or "").isupper(), usage  # SYMBOL START END, as the usage line
+            assert param.metavar in usage, usage
+        if param.name == "end":  # a day is inclusive, a timestamp exclusive: both said
+            assert "inclusive" in param.help and "exclusive" in param.help, param.help
+    if " ".join(path) in COMMANDS_WITH_EXAMPLES:
+        assert f"triangles {' '.join(path)} " in text.split("Example", 1)[-1], "no examples"
+
+
+def test_backfill_help_shows_the_derived_defaults() -> None:
+    text = " ".join(run_cli_in_process("backfill", "--help", env={"COLUMNS": "250"}).stdout.split())
+    assert "SYMBOLS START END [STRENGTHS] [ANCHOR]" in text
+    for default in ("[default: 5]", "[default: START - 7 days]", "[default: basic for open, full for close]"):
+        assert default in text, default
+    assert "[default: the instrument's profile]" in text  # the hygiene thresholds
+    assert "TRIANGLES_MAX_RETRIES" in text
+
+
+# ---------------------------------------------------------------------------- retries on a terminal
+
+
+def run_on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """The real console script with stdout and stderr on a pseudo-terminal; the screen, ANSI codes removed."""
+    import os
+    import pty
+    import re
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TRIANGLES_DATABASE_URL")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "triangles_polars.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env={**base, "TERM": "xterm-256color", "COLUMNS": "200", **(env or {})},
+    )
+    os.close(slave)
+    output = bytearray()
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the command exited and closed the terminal
+                    break
+                if not data:
+                    break
+                output += data
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=10)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))
+
+
+UNREACHABLE = "postgresql://trader:Unreach4ble-pw@127.0.0.1:1/market"  # nothing listens on port 1
+
+
+def test_retries_are_told_on_a_terminal_with_how_to_wait_less() -> None:
+    code, screen = run_on_a_terminal(
+        "backfill", NQ, "2025-11-03", "2025-11-03", "--database-url", UNREACHABLE,
+        "--max-retries", "2", "--backoff", "0.2",
+    )  # fmt: skip
+    assert code == 3, screen
+    assert "connection refused; retry 1/2 in 0.2 s" in screen
+    assert "connection refused; retry 2/2 in 0.4 s" in screen  # the backoff doubles
+    assert screen.count("--max-retries 0 or TRIANGLES_MAX_RETRIES=0") == 1  # once, not per retry
+    assert "database unreachable after 2 retries" in screen
+    assert "Unreach4ble-pw" not in screen
+
+
+def test_retries_are_not_told_with_quiet_and_the_env_var_shortens_them() -> None:
+    code, screen = run_on_a_terminal(
+        "export", NQ, "2025-11-03", "2025-11-03", "--out", "/nonexistent", "--database-url", UNREACHABLE,
+        env={"TRIANGLES_MAX_RETRIES": "1"},
+    )  # fmt: skip
+    # export has no --max-retries: the hint names the variable only
+    assert code == 3, screen
+    assert "retry 1/1 in 0.5 s" in screen and "to give up at once: TRIANGLES_MAX_RETRIES=0" in screen
+    assert "--max-retries" not in screen
+    quiet = run_on_a_terminal(
+        "backfill", NQ, "2025-11-03", "2025-11-03", "--database-url", UNREACHABLE, "--quiet",
+        "--max-retries", "1", "--backoff", "0.05",
+    )  # fmt: skip
+    assert quiet[0] == 3 and "retry" not in quiet[1].replace("after 1 retry", ""), quiet[1]
+    # TRIANGLES_MAX_RETRIES=0 gives up at once, on a command without --max-retries too
+    at_once = run_cli_in_process(
+        "plot", NQ, "2025-11-03", "2025-11-03", "--out", "/nonexistent.png", "--database-url", UNREACHABLE,
+        env={"TRIANGLES_MAX_RETRIES": "0"},
+    )  # fmt: skip
+    assert_one_line_error(at_once, 3, "unreachable after 0 retries")
+
+
+def test_help_examples_on_the_demo_data_run_as_written(
+    pg: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The help examples marked "the demo's" run as written on the demo's symbol, tables and dates:
+    a fresh database (named only by TRIANGLES_DATABASE_URL) holding SYNTH:NQ bars in ``bars_1m``."""
+    import shlex
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    from triangles_polars.bars import ingest_bars
+    from triangles_polars.synthetic import generate_bars
+
+    name = f"helpex_{uuid.uuid4().hex[:10]}"
+    pg.execute(f"CREATE DATABASE {name}")
+    try:
+        url = urlunsplit(urlsplit(pg.url)._replace(path=f"/{name}"))
+        ingest_bars(url, generate_bars("2025-11-10", "2025-11-30", symbol="SYNTH:NQ", seed=2025), "bars_1m")
+        examples = []
+        for path in (["backfill"], ["export"], ["plot"]):  # in this order: events first
+            text = run_cli_in_process(*path, "--help", env={"COLUMNS": "250"}).stdout
+            examples += [line.strip() for line in text.splitlines() if "the demo's" in line]
+        assert len(examples) == 3, examples
+        monkeypatch.chdir(tmp_path)
+        for example in examples:
+            args = shlex.split(example, comments=True)
+            assert args[0] == "triangles"
+            result = run_cli_in_process(*args[1:], env={"TRIANGLES_DATABASE_URL": url})
+            assert result.returncode == 0, (example, result.stderr)
+        assert list((tmp_path / "events").rglob("*.parquet")) and (tmp_path / "nq.png").stat().st_size > 0
+    finally:
+        pg.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -6,6 +6,7 @@ never from the exporter's own output.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from polars.testing import assert_frame_equal
 
-from tests.helpers import NQ, Db, run_cli
+from tests.helpers import NQ, Db, assert_one_line_error, run_cli
 from triangles_polars import backfill
 from triangles_polars.synthetic import generate_bars
 
@@ -240,3 +241,51 @@ def test_range_across_new_year_writes_two_year_partitions(db: Db, tmp_path: Path
         assert part["confirmed_at"].dt.year().unique().to_list() == [year]
     for reader in (read_duckdb, read_pyarrow, read_polars):
         assert_frame_equal(reader(out), expected)
+
+
+def test_export_says_how_many_with_thousands_separators(db: Db, nq_bars: pl.DataFrame, tmp_path: Path):
+    db.load(nq_bars)
+    backfill(db.settings(start=START, end=END))
+    stored = db_events(db, start=START, end=END).height
+    assert stored >= 1000  # enough for a separator
+    result = run_cli(
+        "export", NQ, START, END, "--out", str(tmp_path / "o"), "--database-url", db.url,
+        "--events-table", db.events_table,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"exported {stored:,} events" in result.stdout and result.stderr == ""
+
+
+def test_export_of_a_holiday_warns_and_exits_0(db: Db, nq_bars: pl.DataFrame, tmp_path: Path):
+    """A known symbol and strength whose range holds no events (a Saturday) is not an error."""
+    db.load(nq_bars)
+    backfill(db.settings(start=START, end=END))
+    saturday = "2025-11-08"
+    assert db_events(db, start=saturday, end=saturday).height == 0
+    out = tmp_path / "o"
+    result = run_cli(
+        "export", NQ, saturday, saturday, "--out", str(out), "--json", "--database-url", db.url,
+        "--events-table", db.events_table,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["events"] == 0
+    (warning,) = summary["warnings"]
+    assert "no events" in warning and saturday in warning and NQ in warning
+    assert "warning:" in result.stderr and "no events" in result.stderr
+
+
+def test_export_of_an_unknown_symbol_or_strength_exits_2_and_writes_nothing(
+    db: Db, nq_bars: pl.DataFrame, tmp_path: Path
+):
+    db.load(nq_bars)
+    backfill(db.settings(start=START, end=END))
+    first = db_events(db)["confirmed_at"].min().date().isoformat()
+    out = tmp_path / "o"
+    for symbol, k in (("GLBX.MDP3:NW", "5"), (NQ, "6")):
+        result = run_cli(
+            "export", symbol, START, END, "-k", k, "--out", str(out), "--database-url", db.url,
+            "--events-table", db.events_table,
+        )  # fmt: skip
+        assert_one_line_error(result, 2, f"no events for {symbol} k={k}", f"{NQ} (k=5, {first} →")
+    assert not out.exists()

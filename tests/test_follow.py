@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,16 +35,17 @@ HISTORY_END = datetime(2025, 11, 12, 14, 0, tzinfo=UTC)  # bars before it are th
 class Following:
     """A ``triangles update --follow --json`` process and the JSON Lines it printed so far."""
 
-    def __init__(self, db: Db, *extra: str) -> None:
+    def __init__(self, db: Db, *extra: str, command: list[str] | None = None) -> None:
         tables = ("--bars-table", db.bars_table, "--events-table", db.events_table)
-        args = [sys.executable, "-m", "triangles_polars.cli", "update", NQ, "--follow", "--json"]
-        args += ["--database-url", db.url, *tables, "--backoff", "0.05", *extra]
+        if command is None:
+            command = ["update", NQ, "--follow", "--json", "--database-url", db.url, "--backoff", "0.05"]
+        args = [sys.executable, "-m", "triangles_polars.cli", *command, *tables, *extra]
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "TERM": "dumb"},
+            env={**os.environ, "TERM": "dumb", "TRIANGLES_DATABASE_URL": db.url},
         )
         self.lines: list[dict[str, Any]] = []
         self.stderr: list[str] = []
@@ -226,3 +228,47 @@ def test_sigterm_mid_stream_exits_0_with_nothing_half_written(db: Db, nq_bars: p
     end = covered_to(db)
     assert end is not None and HISTORY_END < end < newest_close(new)  # it stopped mid-stream
     assert db.events().equals(clean(db).filter(pl.col("confirmed_at") <= end))
+
+
+def readme_systemd_unit() -> dict[str, str]:
+    """The README's systemd unit, as ``Key`` → value (the last one wins, as in systemd)."""
+    text = README.read_text()
+    match = re.search(
+        r"<!-- systemd-unit:begin -->\s*```ini\n(.*?)```\s*<!-- systemd-unit:end -->", text, re.S
+    )
+    assert match, "the README lost its systemd unit"
+    lines = [line for line in match.group(1).splitlines() if "=" in line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_the_readme_systemd_unit_runs_and_stops_as_written(db: Db, nq_bars: pl.DataFrame) -> None:
+    """Its ExecStart follows; its KillSignal stops it within TimeoutStopSec, with an exit that
+    ``Restart=on-failure`` does not take for a failure."""
+    unit = readme_systemd_unit()
+    assert unit["Environment"].startswith("TRIANGLES_DATABASE_URL=")
+    script, *command = shlex.split(unit["ExecStart"])  # systemd quotes words as the shell does here
+    assert script.startswith("/") and script.endswith("/triangles")
+    assert unit["Restart"] == "on-failure" and unit["KillSignal"] == "SIGTERM"
+    history, new = history_and_stream(nq_bars, 20)
+    db.load(history)
+    follow = Following(db, command=command)  # the database from the environment, as the unit sets it
+    follow.wait_for(lambda: bool(follow.of("catch_up")), timeout=120)
+    stream(db, new, pause_s=0.05)
+    follow.wait_for(lambda: covered_to(db) == newest_close(new), timeout=60)  # --poll 5 at the most
+    follow.proc.send_signal(getattr(signal, unit["KillSignal"]))
+    follow.proc.wait(timeout=float(unit["TimeoutStopSec"]))
+    assert follow.proc.returncode == 0, follow.stderr
+    assert set(db.events()["strength"].unique()) == {3, 5, 8}
+    assert db.events("strength = 5").equals(clean(db).filter(pl.col("confirmed_at") <= newest_close(new)))
+
+
+def test_sigint_stops_the_follower_with_130(db: Db, nq_bars: pl.DataFrame) -> None:
+    history, _new = history_and_stream(nq_bars, 0)
+    db.load(history.filter(pl.col("ts") >= datetime(2025, 11, 11, tzinfo=UTC)))
+    follow = Following(db, "--poll", "0.2")
+    follow.wait_for(lambda: bool(follow.of("catch_up")), timeout=120)
+    follow.proc.send_signal(signal.SIGINT)
+    follow.proc.wait(timeout=30)
+    time.sleep(0.1)  # the reader threads catch the last lines
+    assert follow.proc.returncode == 130, follow.stderr
+    assert follow.lines[-1]["type"] == "stopped" and follow.lines[-1]["signal"] == "SIGINT"

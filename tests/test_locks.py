@@ -161,6 +161,26 @@ def test_wait_waits_for_the_holder_then_runs(db: Db, nq_bars: pl.DataFrame) -> N
     assert db.events().equals(clean(db, "2025-10-20", "2025-11-30"))
 
 
+def test_wait_with_seconds_gives_up_after_them_with_exit_4(db: Db, nq_bars: pl.DataFrame) -> None:
+    db.load(nq_bars.head(2000))
+    other = connect(db.url, autocommit=True)  # holds the key's lock for the whole test
+    try:
+        with other.cursor() as cur:
+            cur.execute(
+                "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+                parameters=(f"{db.events_table}\x1f{NQ}\x1f5",),
+            )
+            cur.fetchall()
+        started = time.monotonic()
+        waited = subprocess.run(command(db, "update", NQ, "--wait", "1.5"), capture_output=True, text=True)
+        elapsed = time.monotonic() - started
+    finally:
+        other.close()
+    assert_one_line_error(waited, 4, f"{NQ} k=5 in {db.events_table}", "pid")
+    assert elapsed >= 1.5  # it waited as long as it was told before giving up
+    assert db.execute("SELECT to_regclass($1) IS NULL", (db.events_table,))[0][0]  # nothing written
+
+
 def _asking_for_the_lock(db: Db) -> bool:
     """Whether a command's lock connection is up: it asks for the locks (every 0.2 s while waiting)."""
     rows = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'triangles_lock:%'")

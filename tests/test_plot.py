@@ -7,13 +7,18 @@ import struct
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
+from tests.helpers import NQ, Db, run_cli
+from triangles_polars import backfill
 from triangles_polars.plot import (
     _time_ticks,
     _window_triangles,
+    aggregate_bars,
+    chart_figure,
     pivots_from_events,
     render_chart,
 )
@@ -333,3 +338,83 @@ def test_render_chart_daily_bars(tmp_path: Path) -> None:
     assert all(len(label) == 10 and label.count("-") == 2 for label in labels)  # dates
     out = render_chart(bars, make_events(bars), tmp_path / "daily.png", bar_interval=timedelta(days=1))
     png_size(out)
+
+
+# --------------------------------------------------------------------------------------
+# long windows: an overview, and a warning that says so
+
+
+def bodies(fig: Any) -> Any:
+    """The candle bodies' collection of a chart (one path per candle)."""
+    ax = fig.axes[0]
+    return next(c for c in ax.collections if c.get_label() == "_bodies")
+
+
+@needs_mpl
+def test_a_session_is_drawn_candle_by_candle_without_a_warning() -> None:
+    bars = make_bars(1_380)  # a whole day of 1-minute bars
+    heard: list[str] = []
+    fig = chart_figure(bars, make_events(bars), on_warning=heard.append)
+    assert fig.get_label() == "candles" and heard == []
+    assert len(bodies(fig).get_paths()) == bars.height
+
+
+@needs_mpl
+def test_a_long_window_is_an_overview_of_aggregated_candles_and_says_so(tmp_path: Path) -> None:
+    bars = make_bars(4 * 1_440)  # four days of 1-minute bars: 5,760 candles would be a smear
+    events = make_events(bars)
+    heard: list[str] = []
+    fig = chart_figure(bars, events, on_warning=heard.append)
+
+    assert fig.get_label() == "overview"
+    assert len(heard) == 1 and "5,760 bars" in heard[0] and "overview" in heard[0], heard
+    # Candles of a round step: far fewer than the bars, still enough to read the path.
+    candles = len(bodies(fig).get_paths())
+    assert 20 <= candles <= 400, candles
+    step_minutes = 4 * 1_440 / candles
+    assert step_minutes >= 5 and (4 * 1_440) % candles == 0, candles  # the window splits evenly
+    assert f"per {int(step_minutes)} minutes" in heard[0] or f"per {int(step_minutes / 60)} hour" in heard[0]
+    # The price range is kept: the overview's y range holds every bar's high and low.
+    low, high = fig.axes[0].get_ylim()
+    assert low < bars["low"].min() and high > bars["high"].max()
+    # Every event is marked once, at its C pivot (no triangles: they would cover the candles).
+    markers = [c for c in fig.axes[0].collections if c.get_label().endswith("_events")]
+    assert sum(len(c.get_offsets()) for c in markers) == events.height > 0
+    c_prices = sorted(events["c_price"].to_list())
+    marked = sorted(float(y) for c in markers for _, y in c.get_offsets())
+    span = float(bars["high"].max() - bars["low"].min())
+    assert all(abs(y - p) <= 0.02 * span for y, p in zip(marked, c_prices, strict=True))
+    assert "overview" in fig.axes[0].get_title()
+
+    out = render_chart(bars, events, tmp_path / "long.png", on_warning=heard.append)
+    assert png_size(out) == (1760, 880) and len(heard) == 2
+
+
+@needs_mpl
+def test_aggregated_candles_keep_open_high_low_close() -> None:
+    bars = make_bars(600)  # 10 hours: hourly candles by hand
+    hourly = aggregate_bars(bars, "1h")
+    for row in hourly.iter_rows(named=True):
+        hour = bars.filter((pl.col("ts") >= row["ts"]) & (pl.col("ts") < row["ts"] + timedelta(hours=1)))
+        assert hour.height > 0
+        assert row["open"] == hour["open"][0] and row["close"] == hour["close"][-1]
+        assert row["high"] == hour["high"].max() and row["low"] == hour["low"].min()
+    assert hourly["ts"].is_sorted() and hourly.height == bars["ts"].dt.truncate("1h").n_unique()
+
+
+@needs_mpl
+def test_plot_command_of_a_long_window_warns_on_stderr(db: Db, nq_bars: pl.DataFrame, tmp_path: Path) -> None:
+    db.load(nq_bars)
+    backfill(db.settings(start="2025-10-27", end="2025-11-30"))
+    out = tmp_path / "month.png"
+    args = ("--database-url", db.url, "--bars-table", db.bars_table, "--events-table", db.events_table)
+    result = run_cli("plot", NQ, "2025-11-03", "2025-11-28", "--out", str(out), *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {out}"
+    assert "Traceback" not in result.stderr
+    warning = [line for line in result.stderr.splitlines() if "overview" in line]
+    assert len(warning) == 1 and "too many" in warning[0] and "one candle per" in warning[0], result.stderr
+    assert png_size(out)[0] >= 1000
+
+    session = run_cli("plot", NQ, "2025-11-25T14:30Z", "2025-11-25T21:00Z", "--out", str(out), *args)
+    assert session.returncode == 0 and "overview" not in session.stderr, session.stderr

@@ -32,12 +32,15 @@ from urllib.parse import quote
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.helpers import NQ, Server, assert_one_line_error
+from tests.helpers import NQ, InProcessOutcome, Server, assert_one_line_error, run_cli_in_process
 from triangles_polars.embedded import start_server, stop_server
 
-# Every test here uses the module's own password-protected server (the ``secured`` fixture).
-pytestmark = pytest.mark.db
+# The tests on the module's own password-protected server (the ``secured`` fixture) reach a
+# server without a database fixture: they carry the ``db`` mark themselves.
+SERVER = pytest.mark.db
 
 ROLE = "triangles"
 READER = "triangles_reader"
@@ -240,6 +243,7 @@ def assert_no_secret(*texts: str) -> None:
 WRONG_PASSWORD_VIA = ["--database-url", "TRIANGLES_DATABASE_URL", "DATABASE_URL", "password= query parameter"]
 
 
+@SERVER
 @pytest.mark.parametrize("via", WRONG_PASSWORD_VIA)
 def test_wrong_password_exit_3(secured: Secured, via: str) -> None:
     wrong = secured.url(ROLE, WRONG_PASSWORD)
@@ -263,6 +267,7 @@ def test_wrong_password_exit_3(secured: Secured, via: str) -> None:
 # ---------------------------------------------------------------------------- least privilege
 
 
+@SERVER
 def test_readme_least_privilege_role_backfills_replace_append_purge(secured: Secured) -> None:
     """The role the README's SQL made (in the fixture) runs the README's command: replace, append, purge."""
     from triangles_polars.pipeline import backfill
@@ -337,6 +342,7 @@ def test_readme_least_privilege_role_backfills_replace_append_purge(secured: Sec
 # ---------------------------------------------------------------------------- read-only role
 
 
+@SERVER
 @pytest.mark.parametrize("schema", ["readable", "hidden"], ids=["USAGE without CREATE", "no USAGE"])
 def test_read_only_role_fails_cleanly(secured: Secured, schema: str) -> None:
     result = cli(
@@ -351,3 +357,164 @@ def test_read_only_role_fails_cleanly(secured: Secured, schema: str) -> None:
     assert secured.server.execute(
         f"SELECT count(*) FROM pg_class WHERE relnamespace = '{schema}'::regnamespace"
     ) == [(0,)]
+
+
+# ---------------------------------------------------------------------------- malformed database URLs
+#
+# Every command that takes --database-url, given a database URL that is malformed in one of the
+# ways users get them wrong, with a marker password: not one byte of what the command writes
+# (stdout and stderr, with and without --json) holds the password, and the exit code is 2 (bad
+# URL) or 3 (database unreachable), never 1 and never a traceback. The commands run in-process
+# (``run_cli_in_process``: the console script's own path), so hundreds of URLs stay fast. No URL
+# can reach a server: the port is 1 on the loopback, a socket folder that does not exist, or a
+# host name under ``.invalid`` (which never resolves) where a parser takes the user for the host.
+
+MARKER = "Mk7zq9secret"
+USER = "trader.invalid"  # where a mangled URL makes the user the host name, it never resolves
+NOWHERE = "127.0.0.1:1"
+
+URL_FORMS = {
+    "one slash": "postgres:/{user}:{pw}@{at}/db",
+    "no //": "postgresql:{user}:{pw}@{at}/db",
+    "no scheme": "{user}:{pw}@{at}/db",
+    "only //": "//{user}:{pw}@{at}/db",
+    "key=value DSN": "host=127.0.0.1 port=1 user=u password={pw}",
+    "key=value DSN, quoted": "host=127.0.0.1 port=1 user=u password='{pw}' dbname=db",
+    "?password=": "postgresql://{user}@{at}/db?password={pw}",
+    "?password= encoded": "postgresql://{user}@{at}/db?sslmode=disable&password={enc}",
+    "raw password": "postgresql://{user}:{pw}@{at}/db",
+    "encoded password": "postgresql://{user}:{enc}@{at}/db",
+    "bad port": "postgresql://{user}:{pw}@127.0.0.1:abc/db",
+    "port out of range": "postgresql://{user}:{enc}@127.0.0.1:99999/db",
+    "sslmode=bogus": "postgresql://{user}:{pw}@{at}/db?sslmode=bogus",
+    "unknown option": "postgresql://{user}:{enc}@{at}/db?no_such_option=1",
+    "unclosed IPv6 bracket": "postgresql://{user}:{pw}@[::1:1/db",
+    "another scheme": "mysql://{user}:{pw}@{at}/db",
+    "missing socket folder": "postgresql://{user}:{enc}@/db?host=/nonexistent-triangles-socket",
+    "unparseable": "postgresql://{user}:{pw}@{at}/db?%zz=%",
+}
+PASSWORDS = {
+    "plain": MARKER,
+    "@": f"p@{MARKER}",
+    "@ twice": f"a@b@{MARKER}@c",
+    "%": f"{MARKER}%zz",
+    ":": f"x:{MARKER}:y",
+    "/": f"ab/{MARKER}",
+    "/ first": f"{MARKER}/ab",
+    "every special": f"@%:/{MARKER}@:%/",
+}
+
+
+def bad_url(form: str, password: str) -> str:
+    return URL_FORMS[form].format(user=USER, pw=password, enc=quote(password, safe=""), at=NOWHERE)
+
+
+@pytest.fixture(scope="module")
+def url_commands(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """Each command that takes --database-url, with arguments that carry it to the database."""
+    folder = tmp_path_factory.mktemp("urls")
+    bars = folder / "bars.csv"
+    bars.write_text("symbol,ts,open,high,low,close,volume\nX,2025-06-02T00:00:00Z,1,2,0.5,1.5,10\n")
+    return {
+        "backfill": ["backfill", NQ, "2025-06-02", "2025-06-02"],
+        "update": ["update", NQ],
+        "export": ["export", NQ, "2025-06-02", "2025-06-02", "--out", str(folder / "export")],
+        "plot": ["plot", NQ, "2025-06-02", "2025-06-02", "--out", str(folder / "chart.png")],
+        "bars load": ["bars", "load", str(bars)],
+        "bars list": ["bars", "list"],
+        "events list": ["events", "list"],
+        "demo": ["demo", "--out", str(folder / "demo")],
+        # the server commands take no database URL: a user who gives one makes a usage error
+        "server url": ["server", "url"],
+    }
+
+
+def database_url_commands() -> dict[str, bool]:
+    """``{"bars load": takes --json, …}`` for every command of the app that takes --database-url."""
+    import typer
+
+    from triangles_polars.cli import app
+
+    found: dict[str, bool] = {}
+
+    def walk(command: object, path: list[str]) -> None:
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*path, name])
+        names = {p.name for p in getattr(command, "params", [])}
+        if "database_url" in names:
+            found[" ".join(path)] = "json_out" in names
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_command_taking_a_database_url_is_checked(url_commands: dict[str, list[str]]) -> None:
+    commands = database_url_commands()
+    assert {"backfill", "update", "export", "plot", "bars load", "demo"} <= set(commands)
+    assert set(commands) <= set(url_commands), "add the new command to url_commands"
+
+
+def assert_password_safe(outcome: InProcessOutcome, password: str, url: str) -> None:
+    shown = outcome.stdout + outcome.stderr
+    context = (url, outcome.returncode, shown)
+    assert MARKER not in shown, context
+    for form in (password, quote(password, safe=""), quote(password)):
+        assert form not in shown, context
+    assert "Traceback" not in shown, context
+    assert outcome.returncode in (2, 3), context
+    assert [line for line in outcome.stderr.splitlines() if line.strip()], context  # says why
+
+
+def run_with_url(args: list[str], url: str, json_out: bool) -> InProcessOutcome:
+    extra = ["--json"] if json_out else []
+    return run_cli_in_process(*args, "--database-url", url, *extra, env={"TRIANGLES_MAX_RETRIES": "0"})
+
+
+COMMANDS = [
+    "backfill",
+    "update",
+    "export",
+    "plot",
+    "bars load",
+    "bars list",
+    "events list",
+    "demo",
+    "server url",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_known_bad_urls_never_show_the_password(url_commands: dict[str, list[str]], command: str) -> None:
+    """Every form of URL with two of the awkward passwords, on every command, with and without --json.
+
+    The passwords rotate with the command, so that across the commands every form meets every
+    password (a run takes ~60 ms: the whole cross product on every command would take minutes).
+    """
+    takes_json = database_url_commands().get(command, False)
+    passwords = list(PASSWORDS.values())
+    first = COMMANDS.index(command) * 2
+    for n, form in enumerate(URL_FORMS):
+        for password in (passwords[first % len(passwords)], passwords[(first + 1) % len(passwords)]):
+            url = bad_url(form, password)
+            json_out = takes_json and n % 2 == 1
+            assert_password_safe(run_with_url(url_commands[command], url, json_out), password, url)
+
+
+_SPECIALS = "@%:/"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    form=st.sampled_from(sorted(URL_FORMS)),
+    before=st.text(alphabet=_SPECIALS + "ab", max_size=4),
+    after=st.text(alphabet=_SPECIALS + "ab", max_size=4),
+    json_out=st.booleans(),
+)
+def test_generated_bad_urls_never_show_the_password(
+    url_commands: dict[str, list[str]], command: str, form: str, before: str, after: str, json_out: bool
+) -> None:
+    password = before + MARKER + after
+    url = bad_url(form, password)
+    takes_json = database_url_commands().get(command, False)
+    assert_password_safe(run_with_url(url_commands[command], url, json_out and takes_json), password, url)

@@ -63,6 +63,18 @@ def stop(proc: subprocess.Popen[str], signum: int) -> tuple[float, str, str]:
     return elapsed, out, err
 
 
+def wait_for_events(db: Db, proc: subprocess.Popen[str], n: int) -> None:
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if db.execute(f"SELECT count(*) FROM {db.events_table}")[0][0] >= n:
+                return
+        except Exception:  # not created yet
+            pass
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before it could be stopped: {proc.communicate()}"
+
+
 def assert_consistent(db: Db) -> None:
     """Every chunk recorded as committed is there whole, and nothing after the last one."""
     done = db.execute(
@@ -103,12 +115,13 @@ def test_ctrl_c_with_small_slices_exits_130_within_a_second_and_the_rerun_resume
 
 
 def test_ctrl_c_stops_worker_processes_within_a_second(db: Db, nq_bars: pl.DataFrame) -> None:
-    # Two symbols, two worker processes: the driver waits on their futures, where a signal used to
-    # go unseen until a task ended (minutes on a long history).
-    db.load(pl.concat([nq_bars, nq_bars.with_columns(pl.lit(OTHER).alias("symbol"))]))
-    args = ["backfill", f"{NQ},{OTHER}", "2025-10-27", "2025-11-28", *SMALL, "--jobs", "2"]
+    # Three symbols, --jobs 3: this process and two workers, each on a task; the driver also
+    # collects their results, where a signal used to go unseen until a task ended.
+    symbols = [NQ, OTHER, "GLBX.MDP3:NQH6"]
+    db.load(pl.concat([nq_bars.with_columns(pl.lit(s).alias("symbol")) for s in symbols]))
+    args = ["backfill", ",".join(symbols), "2025-10-27", "2025-11-28", *SMALL, "--jobs", "3"]
     proc = start(db, *args)
-    wait_for_chunks(db, proc, 6)
+    wait_for_workers_writing(db, proc, symbols)
     workers = psutil.Process(proc.pid).children()
     assert len([w for w in workers if "spawn_main" in " ".join(w.cmdline())]) == 2
     elapsed, out, err = stop(proc, signal.SIGINT)
@@ -117,20 +130,38 @@ def test_ctrl_c_stops_worker_processes_within_a_second(db: Db, nq_bars: pl.DataF
     assert out == "" and "stopping…" in err and "Traceback" not in err
     _gone(workers)
     assert db.events().select("symbol", "strength", "c_ts", "c_kind").is_duplicated().sum() == 0
-    assert_resumes(db, args, symbols=f"{NQ},{OTHER}")
+    assert_resumes(db, args, symbols=",".join(symbols))
+
+
+def wait_for_workers_writing(db: Db, proc: subprocess.Popen[str], symbols: list[str]) -> None:
+    """Until every symbol's task has committed a chunk: the workers are up and writing."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            rows = db.execute(f"SELECT count(DISTINCT symbol) FROM {db.events_table}")
+        except Exception:  # not created yet
+            rows = [(0,)]
+        if rows[0][0] == len(symbols):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the tasks never all wrote: {proc.poll()}")
 
 
 def test_sigterm_stops_the_same_way_with_exit_143(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(nq_bars)
     args = ["update", NQ, *SMALL]
     proc = start(db, *args)
-    wait_for_chunks(db, proc, 5)
+    wait_for_events(db, proc, 50)  # five chunks of ten (an update keeps no ledger: coverage says it)
     elapsed, _out, err = stop(proc, signal.SIGTERM)
     assert proc.returncode == 143, err
     assert elapsed < STOP_WITHIN_S, elapsed
     [line] = err.strip().splitlines()
     assert line.startswith("terminated: stopping… "), line
-    assert_consistent(db)
+    assert int(line.split("stopping… ")[1].split()[0]) >= 5
+    # Every chunk commits with its coverage: the events are exactly those before the coverage end.
+    [(covered_end,)] = db.execute(f"SELECT max(span_end) FROM {db.schema}.triangles_coverage")
+    stopped_with = db.events()
+    assert stopped_with.height >= 50
     rerun = subprocess.run(command(db, *args, "--json"), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     backfill(
@@ -139,6 +170,7 @@ def test_sigterm_stops_the_same_way_with_exit_143(db: Db, nq_bars: pl.DataFrame)
         )
     )
     assert db.events().equals(db.events(table="clean"))
+    assert stopped_with.equals(db.events(f"confirmed_at < '{covered_end.isoformat()}'", table="clean"))
 
 
 def test_a_chunk_that_cannot_finish_is_rolled_back_and_the_command_still_stops_in_a_second(

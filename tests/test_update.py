@@ -8,10 +8,17 @@ same bars.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -19,10 +26,12 @@ from typer.testing import CliRunner
 from tests.helpers import NQ, Db, assert_one_line_error, make_db, run_cli
 from triangles_polars import backfill
 from triangles_polars.cli import app
+from triangles_polars.errors import BadInput
 from triangles_polars.update import UpdateSettings, update
 
 MINUTE = timedelta(minutes=1)
 FIRST_DAY, LAST_DAY = "2025-10-20", "2025-11-30"  # the nq_bars fixture's days
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @dataclass
@@ -121,7 +130,6 @@ def test_update_after_update_and_with_no_new_bars_writes_nothing(db: Db, nq_bars
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["triangles"] > 1000
     before = db.events()
-    progress = db.execute(f"SELECT count(*) FROM {db.schema}.triangles_progress")[0][0]
 
     again = run_cli(*args)  # nothing new: nothing written, no warning, exit 0
     assert again.returncode == 0, again.stderr
@@ -129,13 +137,20 @@ def test_update_after_update_and_with_no_new_bars_writes_nothing(db: Db, nq_bars
     summary = json.loads(again.stdout)
     assert summary["triangles"] == summary["commits"] == summary["bars_processed"] == 0
     assert db.events().equals(before)
-    assert db.execute(f"SELECT count(*) FROM {db.schema}.triangles_progress")[0][0] == progress
 
     db.load(nq_bars.filter(pl.col("ts") >= utc("2025-11-20T10:00:00")))
     third = run_cli(*args)
     assert third.returncode == 0, third.stderr
     assert json.loads(third.stdout)["triangles"] > 0
+    # Updates go on from coverage alone: the run ledger does not grow with every update.
+    assert ledger_rows(db) == (0, 0)
     assert db.events().equals(one_backfill(db))
+
+
+def ledger_rows(db: Db) -> tuple[int, int]:
+    """Rows of the run ledger: (runs, committed chunks)."""
+    runs = db.execute(f"SELECT count(*) FROM {db.schema}.triangles_runs")[0][0]
+    return runs, db.execute(f"SELECT count(*) FROM {db.schema}.triangles_progress")[0][0]
 
 
 def test_until_stops_there_and_the_next_update_goes_on(db: Db, nq_bars: pl.DataFrame) -> None:
@@ -214,11 +229,16 @@ def test_bad_input_is_one_line_and_exit_2(db: Db, nq_bars: pl.DataFrame) -> None
     db.load(nq_bars.head(100))
     common = ["--database-url", db.url, "--bars-table", db.bars_table, "--events-table", db.events_table]
     assert_one_line_error(run_cli("update", "GLBX.MDP3:ES", *common), 2, "GLBX.MDP3:ES", NQ)
+    # update continues each key in one task (its coverage stays one span): no --task-days
+    assert_one_line_error(run_cli("update", NQ, "--task-days", "2", *common), 2, "--task-days")
+    with pytest.raises(BadInput, match="--task-days"):
+        up(db, task_days=2)
     for args, needle in (
         (["--lookback", "soon"], "--lookback"),
         (["--until", "2025-13-01"], "--until"),
         (["--follow", "--until", "2025-11-01"], "--follow"),
         (["--notify", "bars"], "--notify"),
+        (["--lookback", "2h", "--mode", "append"], "--lookback"),
     ):
         result = CliRunner().invoke(app, ["update", NQ, *args, *common])
         assert_one_line_error(Outcome(result.exit_code, result.stdout, result.stderr), 2, needle)
@@ -276,3 +296,47 @@ def test_append_mode_updates_equal_one_backfill(db: Db, nq_bars: pl.DataFrame) -
     db.load(nq_bars.filter(pl.col("ts") >= utc("2025-11-25T12:00:00")))
     assert update(up(db, mode="append")).rows_inserted > 0
     assert db.events().equals(one_backfill(db))
+
+
+# ---------------------------------------------------------------------------- the README's cron entry
+
+
+def readme_cron_entry() -> tuple[dict[str, str], str]:
+    """The crontab of the README: its variables, and its one job's command (schedule cut off)."""
+    text = README.read_text()
+    match = re.search(
+        r"<!-- cron-example:begin -->\s*```cron\n(.*?)```\s*<!-- cron-example:end -->", text, re.S
+    )
+    assert match, "the README lost its cron example"
+    lines = [line for line in match.group(1).splitlines() if line.strip() and not line.startswith("#")]
+    variables = dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
+    [job] = [line for line in lines if not re.match(r"^[A-Z_]+=", line)]  # a crontab entry is one line
+    fields = job.split(None, 5)
+    assert all(re.fullmatch(r"[\d*/,-]+", f) for f in fields[:5]), fields  # minute hour day month weekday
+    return variables, fields[5]
+
+
+def test_the_readme_cron_entry_runs_as_written(db: Db, nq_bars: pl.DataFrame, tmp_path: Path) -> None:
+    """Its command, run by a shell as cron runs it, into its log files (flushed whole at exit)."""
+    variables, command = readme_cron_entry()
+    assert set(variables) == {"TRIANGLES_DATABASE_URL"}
+    script, rest = command.split(" ", 1)
+    assert script.startswith("/") and script.endswith("/triangles")  # cron's PATH is short: a full path
+    args, redirections = rest.split(" >> ", 1)
+    out, err = tmp_path / "triangles.jsonl", tmp_path / "triangles.err"
+    redirections = re.sub(r"/var/log/triangles\.jsonl", str(out), redirections)
+    redirections = re.sub(r"/var/log/triangles\.err", str(err), redirections)
+    tables = f"--bars-table {db.bars_table} --events-table {db.events_table}"
+    line = f"{shlex.quote(sys.executable)} -m triangles_polars.cli {args} {tables} >> {redirections}"
+    bars = nq_bars.filter(pl.col("ts") < utc("2025-11-10"))
+    db.load(pl.concat([bars, bars.with_columns(pl.lit("GLBX.MDP3:NQZ5").alias("symbol"))]))  # NQ*: two
+    env = {**os.environ, "TRIANGLES_DATABASE_URL": db.url, "PATH": "/usr/bin:/bin"}
+    for _ in range(2):  # the first run writes every key, the next finds them current
+        done = subprocess.run(["/bin/sh", "-c", line], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (done.stderr, err.read_text() if err.exists() else "")
+    first, second = (json.loads(x) for x in out.read_text().splitlines())  # one JSON summary a line
+    assert err.read_text() == ""
+    assert [t["status"] for t in first["tasks"]] == ["done", "done"]
+    assert set(first["triangles_by_strength"]) == {"3", "5", "8"}
+    assert [t["status"] for t in second["tasks"]] == ["skipped", "skipped"] and second["triangles"] == 0
+    assert db.events().height == first["triangles"] > 0

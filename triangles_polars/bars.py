@@ -336,7 +336,7 @@ def shape_bars(
             f"{source}: unparsable timestamps in {mapping['ts']!r}: {str(exc).splitlines()[0]}"
         ) from None
     if ts.null_count():
-        raise BadInput(f"{source}: {ts.null_count()} empty timestamp(s) in {mapping['ts']!r}")
+        raise BadInput(f"{source}: {ts.null_count():,} empty timestamp(s) in {mapping['ts']!r}")
     if ts_convention == "close":
         ts = ts - bar_interval
     try:
@@ -349,7 +349,7 @@ def shape_bars(
         ) from None
     if shaped["symbol"].null_count():
         raise BadInput(
-            f"{source}: {shaped['symbol'].null_count()} row(s) without a symbol (or give --symbol)"
+            f"{source}: {shaped['symbol'].null_count():,} row(s) without a symbol (or give --symbol)"
         )
     _check_unique(shaped, source)
     return shaped
@@ -360,7 +360,7 @@ def _check_unique(frame: pl.DataFrame, source: str) -> None:
     if dupes.height:
         row = dupes.sort("symbol", "ts").row(0, named=True)
         raise BadInput(
-            f"{source}: {dupes.height} rows share a (symbol, ts) key, first {row['symbol']} {row['ts'].isoformat()}"
+            f"{source}: {dupes.height:,} rows share a (symbol, ts) key, first {row['symbol']} {row['ts'].isoformat()}"
         )
 
 

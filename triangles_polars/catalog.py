@@ -38,17 +38,27 @@ def is_pattern(item: str) -> bool:
 
 def distinct_symbols(cur: Any, tables: Tables) -> list[str]:
     """Every symbol of the bars table, in order, by a loose index scan of the (symbol, ts) key."""
-    table = qualified(*tables.bars_parts)
-    sym = quote_ident(tables.columns["symbol"])
+    return loose_index_scan(cur, qualified(*tables.bars_parts), quote_ident(tables.columns["symbol"]))
+
+
+def loose_index_scan(
+    cur: Any, table: str, column: str, where: str = "TRUE", params: tuple[Any, ...] = ()
+) -> list[Any]:
+    """Distinct values of ``column`` (quoted) in ``table`` (qualified), in order: one index probe per value.
+
+    ``column`` must lead an index, after the columns that ``where`` fixes by equality (the
+    strengths of one symbol walk the events' ``(symbol, strength, …)`` key), so that no query
+    reads the whole table the way ``SELECT DISTINCT`` would.
+    """
     sql = f"""
         WITH RECURSIVE walk AS (
-            (SELECT {sym} AS symbol FROM {table} ORDER BY {sym} LIMIT 1)
+            (SELECT {column} AS value FROM {table} WHERE {where} ORDER BY {column} LIMIT 1)
             UNION ALL
-            SELECT (SELECT {sym} FROM {table} WHERE {sym} > walk.symbol ORDER BY {sym} LIMIT 1)
-            FROM walk WHERE walk.symbol IS NOT NULL
+            SELECT (SELECT {column} FROM {table} WHERE {where} AND {column} > walk.value ORDER BY {column} LIMIT 1)
+            FROM walk WHERE walk.value IS NOT NULL
         )
-        SELECT symbol FROM walk WHERE symbol IS NOT NULL"""
-    return [row[0] for row in fetch_all(cur, sql)]
+        SELECT value FROM walk WHERE value IS NOT NULL"""
+    return [row[0] for row in fetch_all(cur, sql, params or None)]
 
 
 def symbols_with_bars(cur: Any, tables: Tables, names: list[str]) -> set[str]:
@@ -81,21 +91,18 @@ def resolve_symbols(cur: Any, tables: Tables, spec: str) -> list[str]:
             matched = [s for s in available or [] if fnmatch.fnmatchcase(s, item)]
             if not matched:
                 raise BadInput(
-                    f"pattern {item!r} matches no symbol of {tables.bars!r}{_existing(available or [])}"
+                    f"pattern {item!r} matches no symbol of {tables.bars!r}{_existing(cur, tables)}"
                 )
             out.extend(matched)
         elif item not in present:
-            raise BadInput(
-                f"no bars for symbol {item!r} in {tables.bars!r}"
-                f"{_existing(available if available is not None else distinct_symbols(cur, tables))}"
-            )
+            raise BadInput(f"no bars for symbol {item!r} in {tables.bars!r}{_existing(cur, tables)}")
         else:
             out.append(item)
     return list(dict.fromkeys(out))
 
 
-def _existing(symbols: list[str]) -> str:
-    if not symbols:
-        return " (the table has no bars)"
-    shown = ", ".join(symbols[:8]) + (f" … ({len(symbols)} in all)" if len(symbols) > 8 else "")
-    return f"; symbols with bars: {shown}"
+def _existing(cur: Any, tables: Tables) -> str:
+    """What the bars table holds, for a message (docs/contract.md#empty-results-speak)."""
+    from triangles_polars.inventory import bars_hint  # it builds on this module
+
+    return bars_hint(cur, tables)

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -38,9 +38,13 @@ app = opt.App(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 bars_app = opt.App(
-    help="Bring bars in: load CSV, Parquet or Databento DBN files into the bars table.", no_args_is_help=True
+    help="Bars: load CSV, Parquet or Databento DBN files into the bars table; list what it holds.",
+    no_args_is_help=True,
 )
 server_app = opt.App(help="The embedded PostgreSQL server: status, url, stop.", no_args_is_help=True)
+events_app = opt.App(
+    help="What the events table holds: list its symbols and strengths.", no_args_is_help=True
+)
 
 
 @app.callback()
@@ -49,6 +53,7 @@ def _main_options(version: opt.Version = False) -> None:
 
 
 app.add_typer(bars_app, name="bars")
+app.add_typer(events_app, name="events")
 app.add_typer(server_app, name="server")
 
 
@@ -58,9 +63,13 @@ def _stderr():  # created per use (and lazily: `triangles --help` stays fast)
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# The command line being run (set by :func:`run`): its URLs' passwords are masked in every message.
+_ARGV: list[str] = []
+
+
 def _known_urls() -> list[str]:
     urls = [os.environ.get("TRIANGLES_DATABASE_URL", ""), os.environ.get("DATABASE_URL", "")]
-    argv = sys.argv
+    argv = _ARGV or sys.argv
     for i, arg in enumerate(argv):
         if arg == "--database-url" and i + 1 < len(argv):
             urls.append(argv[i + 1])
@@ -70,36 +79,88 @@ def _known_urls() -> list[str]:
 
 
 def _clean(message: str) -> str:
-    from triangles_polars.db import redact
+    """``message`` on one line, password-free: every password-looking part masked, and every
+    password the command line or the environment holds (even in a misplaced argument)."""
+    from triangles_polars.masking import mask_text, url_passwords
 
-    for url in _known_urls():
-        message = redact(message, url)
-    return " ".join(message.split())
+    candidates = [*_known_urls(), *(_ARGV or sys.argv[1:])]
+    secrets = tuple(dict.fromkeys(p for url in candidates for p in url_passwords(url)))
+    return " ".join(mask_text(message, secrets).split())
 
 
 @contextmanager
-def guard() -> Iterator[None]:
-    """Map exceptions to one-line messages and the exit codes of docs/contract.md#exit-codes (no tracebacks)."""
+def guard(quiet: bool = False, *, retries_option: bool = False) -> Iterator[None]:
+    """Map exceptions to one-line messages and the exit codes of docs/contract.md#exit-codes (no tracebacks).
+
+    On a terminal (and without ``--quiet``) each connection retry is told on stderr as it starts,
+    with how to give up sooner (``retries_option``: the command has ``--max-retries``).
+    """
     try:
-        yield
+        with _retries_told(quiet, retries_option):
+            yield
     except typer.Exit:
         raise
     except TrianglesError as exc:
-        _stderr().print(f"[bold red]error:[/] {_escape(_clean(str(exc)))}")
-        raise typer.Exit(exc.exit_code) from None
+        _fail(exc)
+    except OSError as exc:
+        if exc.filename is None:
+            _unexpected(exc)
+        # A path the user gave that cannot be read or written (--out /proc/x, a read-only folder).
+        path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        _fail(BadInput(f"cannot use {str(path)!r}: {exc.strerror or type(exc).__name__}"))
     except KeyboardInterrupt:  # SIGINT or SIGTERM (see triangles_polars.signals)
         from triangles_polars import signals
 
         _stderr().print(f"[bold yellow]{_signal_word()}:[/] {_escape(signals.stopping_message())}")
         raise typer.Exit(signals.exit_code()) from None
     except Exception as exc:
-        if os.environ.get("TRIANGLES_DEBUG"):
-            raise
-        _stderr().print(
-            f"[bold red]unexpected error:[/] {_escape(_clean(f'{type(exc).__name__}: {exc}'))} "
-            "(set TRIANGLES_DEBUG=1 for a traceback)"
-        )
-        raise typer.Exit(1) from None
+        if _is_driver_error(exc):  # a database error that escaped db.translated: classified the same way
+            from triangles_polars.db import classify
+
+            _fail(classify(exc, "database", ([None, *_known_urls()])[-1]))
+        _unexpected(exc)
+
+
+def _fail(exc: TrianglesError) -> NoReturn:
+    _stderr().print(f"[bold red]error:[/] {_escape(_clean(str(exc)))}")
+    raise typer.Exit(exc.exit_code) from None
+
+
+def _unexpected(exc: Exception) -> NoReturn:
+    """A bug: one line naming it, exit 1 (``TRIANGLES_DEBUG=1`` shows the traceback instead)."""
+    if os.environ.get("TRIANGLES_DEBUG"):
+        raise exc
+    _stderr().print(
+        f"[bold red]unexpected error:[/] {_escape(_clean(f'{type(exc).__name__}: {exc}'))} "
+        "(set TRIANGLES_DEBUG=1 for a traceback)"
+    )
+    raise typer.Exit(1) from None
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    module = type(exc).__module__ or ""
+    return module.startswith(("adbc_driver", "connectorx")) or type(exc).__name__ == "PanicException"
+
+
+@contextmanager
+def _retries_told(quiet: bool, retries_option: bool) -> Iterator[None]:
+    """Print each connection retry on stderr (a terminal only, not with --quiet), and once how to wait less."""
+    if quiet or not _stderr().is_terminal:
+        yield
+        return
+    from triangles_polars.db import MAX_RETRIES_ENV, RetryNotice, retries_reported_to
+
+    shorter = f"--max-retries 0 or {MAX_RETRIES_ENV}=0" if retries_option else f"{MAX_RETRIES_ENV}=0"
+    told: list[RetryNotice] = []
+
+    def tell(notice: RetryNotice) -> None:
+        _stderr().print(f"[yellow]{_escape(str(notice))}[/]")
+        if not told:
+            _stderr().print(f"[dim]waiting for the database; to give up at once: {shorter}[/]")
+        told.append(notice)
+
+    with retries_reported_to(tell):
+        yield
 
 
 def _signal_word() -> str:
@@ -129,6 +190,8 @@ def _progress(quiet: bool) -> BarProgress:
 
 BACKFILL_EXAMPLES = """Examples:
 
+  triangles backfill SYNTH:NQ 20251124 20251128 3,5,8    # a week of the demo's bars (triangles demo)
+
   triangles backfill GLBX.MDP3:NQ 2025-12-02 2025-12-02 5 2025-11-30T23:00:00Z
 
   PURGE=1 triangles backfill GLBX.MDP3:NQ 2010-06-06 2025-12-28 --json
@@ -137,65 +200,44 @@ BACKFILL_EXAMPLES = """Examples:
 
 
 @app.command(epilog=BACKFILL_EXAMPLES)
-def backfill(  # parameters after `anchor_arg` are named after the BackfillSettings fields they set
+@opt.with_options(opt.run_options)
+def backfill(  # its own parameters, then run_options'; named after the BackfillSettings fields they set
     symbol: opt.Symbols,
     start: opt.Start,
     end: opt.End,
     strength_arg: opt.StrengthArg = None,
     anchor_arg: opt.AnchorArg = None,
-    strength: opt.OptionalStrength = None,
     anchor: opt.Anchor = None,
-    database_url: opt.DatabaseUrl = None,
-    bars_table: opt.BarsTable = opt.DEFAULT_BARS_TABLE,
-    events_table: opt.EventsTable = opt.DEFAULT_EVENTS_TABLE,
-    columns: opt.Columns = None,
-    ts_convention: opt.TsConvention = opt.DEFAULT_TS_CONVENTION,
-    bar_interval: opt.BarInterval = opt.DEFAULT_BAR_INTERVAL,
-    hygiene: opt.Hygiene = None,
-    config: opt.Config = None,
-    min_price: opt.MinPrice = None,
-    discontinuity: opt.Discontinuity = None,
-    small_range: opt.SmallRange = None,
-    big_gap: opt.BigGap = None,
-    flat_gap: opt.FlatGap = None,
-    reference_window: opt.ReferenceWindow = None,
-    mode: opt.Mode = opt.DEFAULT_MODE,
     purge: opt.Purge = False,
-    chunk_events: opt.ChunkEvents = opt.DEFAULT_CHUNK_EVENTS,
-    max_retries: opt.MaxRetries = opt.DEFAULT_MAX_RETRIES,
-    backoff_s: opt.Backoff = opt.DEFAULT_BACKOFF_S,
     resume: opt.Resume = True,
-    reader: opt.Reader = opt.DEFAULT_READER,
-    slice_days: opt.SliceDays = opt.DEFAULT_SLICE_DAYS,
     export_dir: opt.Export = None,
-    jobs: opt.Jobs = None,
-    engine: opt.Engine = "local",
-    ray_address: opt.RayAddress = None,
     task_days: opt.TaskDays = None,
-    max_task_retries: opt.MaxTaskRetries = opt.DEFAULT_MAX_TASK_RETRIES,
-    wait: opt.Wait = None,
-    json_out: opt.Json = False,
-    quiet: opt.Quiet = False,
+    **options: Any,
 ) -> None:
     """Detect triangle events for SYMBOLS from START to END and write them to PostgreSQL."""
     given = dict(locals())
-    with guard():
+    with guard(options["quiet"], retries_option=True):
         from triangles_polars.pipeline import backfill as run_backfill
         from triangles_polars.progress import print_summary
 
         settings = _backfill_settings(given)
-        with _progress(quiet) as progress:
+        with _progress(options["quiet"]) as progress:
             summary = run_backfill(settings, progress=progress)
-        _report(summary, json_out, quiet, print_summary)
+        _report(summary, options["json_out"], options["quiet"], print_summary)
 
 
-_CLI_ONLY = ("strength_arg", "anchor_arg", "json_out", "quiet")
+_CLI_ONLY = ("strength_arg", "anchor_arg", "json_out", "quiet", "options")
+
+
+def _warn(message: str) -> None:
+    """One warning line on stderr (docs/contract.md#empty-results-speak)."""
+    _stderr().print(f"[bold yellow]warning:[/] {_escape(_clean(message))}")
 
 
 def _report(summary: Any, json_out: bool, quiet: bool, human: Any) -> None:
     """The summary on stdout (JSON or human), warnings on stderr; exit with the run's code."""
     for warning in summary.warnings:
-        _stderr().print(f"[bold yellow]warning:[/] {_escape(_clean(warning))}")
+        _warn(warning)
     if json_out:
         _emit_json(summary.to_json())
     elif not quiet:
@@ -208,16 +250,23 @@ def _backfill_settings(given: dict[str, Any]) -> BackfillSettings:
     """The backfill parameters as settings: the positional STRENGTH/ANCHOR merged, --columns parsed."""
     from triangles_polars.settings import BackfillSettings
 
-    fields = {name: value for name, value in given.items() if name not in _CLI_ONLY}
-    fields["strength"] = _one_of(
-        "STRENGTH", given["strength_arg"], "--strength", given["strength"], opt.DEFAULT_STRENGTH
-    )
+    fields = _run_fields(given)
     fields["anchor"] = _one_of("ANCHOR", given["anchor_arg"], "--anchor", given["anchor"], None)
-    fields["wait"] = (
-        0.0 if given["wait"] is None else (None if given["wait"] == float("inf") else given["wait"])
-    )
-    fields["columns"] = opt.parse_columns(given["columns"])
     return BackfillSettings(**fields)
+
+
+def _run_fields(given: dict[str, Any]) -> dict[str, Any]:
+    """A command's own parameters and its ``run_options`` as settings fields: the positional
+    STRENGTHS merged with ``--strength``, ``--wait`` and ``--columns`` parsed."""
+    options = given["options"]
+    fields = {name: value for name, value in {**given, **options}.items() if name not in _CLI_ONLY}
+    fields["strength"] = _one_of(
+        "STRENGTH", given["strength_arg"], "--strength", options["strength"], opt.DEFAULT_STRENGTH
+    )
+    wait = options["wait"]
+    fields["wait"] = 0.0 if wait is None else (None if wait == float("inf") else wait)
+    fields["columns"] = opt.parse_columns(options["columns"])
+    return fields
 
 
 def _one_of(arg_name: str, arg: Any, option_name: str, option: Any, default: Any) -> Any:
@@ -238,59 +287,27 @@ UPDATE_EXAMPLES = """Examples:
 
 
 @app.command(epilog=UPDATE_EXAMPLES)
-def update(  # parameters after `strength_arg` are named after the UpdateSettings fields they set
+@opt.with_options(opt.run_options)
+def update(  # its own parameters, then run_options'; named after the UpdateSettings fields they set
     symbol: opt.Symbols,
     strength_arg: opt.StrengthArg = None,
-    strength: opt.OptionalStrength = None,
     until: opt.Until = None,
     lookback: opt.Lookback = opt.DEFAULT_LOOKBACK,
     follow: opt.Follow = False,
     poll_s: opt.Poll = opt.DEFAULT_POLL_S,
     notify: opt.Notify = None,
     heartbeat_s: opt.Heartbeat = opt.DEFAULT_HEARTBEAT_S,
-    database_url: opt.DatabaseUrl = None,
-    bars_table: opt.BarsTable = opt.DEFAULT_BARS_TABLE,
-    events_table: opt.EventsTable = opt.DEFAULT_EVENTS_TABLE,
-    columns: opt.Columns = None,
-    ts_convention: opt.TsConvention = opt.DEFAULT_TS_CONVENTION,
-    bar_interval: opt.BarInterval = opt.DEFAULT_BAR_INTERVAL,
-    hygiene: opt.Hygiene = None,
-    config: opt.Config = None,
-    min_price: opt.MinPrice = None,
-    discontinuity: opt.Discontinuity = None,
-    small_range: opt.SmallRange = None,
-    big_gap: opt.BigGap = None,
-    flat_gap: opt.FlatGap = None,
-    reference_window: opt.ReferenceWindow = None,
-    mode: opt.Mode = opt.DEFAULT_MODE,
-    chunk_events: opt.ChunkEvents = opt.DEFAULT_CHUNK_EVENTS,
-    max_retries: opt.MaxRetries = opt.DEFAULT_MAX_RETRIES,
-    backoff_s: opt.Backoff = opt.DEFAULT_BACKOFF_S,
-    reader: opt.Reader = opt.DEFAULT_READER,
-    slice_days: opt.SliceDays = opt.DEFAULT_SLICE_DAYS,
-    jobs: opt.Jobs = None,
-    engine: opt.Engine = "local",
-    ray_address: opt.RayAddress = None,
-    task_days: opt.TaskDays = None,
-    max_task_retries: opt.MaxTaskRetries = opt.DEFAULT_MAX_TASK_RETRIES,
-    wait: opt.Wait = None,
-    json_out: opt.Json = False,
-    quiet: opt.Quiet = False,
+    **options: Any,
 ) -> None:
     """Continue the events of SYMBOLS from where they are complete up to the newest bar (or follow)."""
     given = dict(locals())
-    with guard():
+    with guard(options["quiet"], retries_option=True):
         from triangles_polars.progress import print_summary
         from triangles_polars.update import UpdateSettings
         from triangles_polars.update import update as run_update
 
-        fields = {name: value for name, value in given.items() if name not in _CLI_ONLY}
-        fields["strength"] = _one_of(
-            "STRENGTHS", given["strength_arg"], "--strength", given["strength"], opt.DEFAULT_STRENGTH
-        )
-        fields["wait"] = 0.0 if wait is None else (None if wait == float("inf") else wait)
-        fields["columns"] = opt.parse_columns(columns)
-        settings = UpdateSettings(**fields)
+        settings = UpdateSettings(**_run_fields(given))
+        json_out, quiet = options["json_out"], options["quiet"]
         if settings.follow:
             from triangles_polars.follow import FollowLog
             from triangles_polars.follow import follow as run_follow
@@ -303,7 +320,10 @@ def update(  # parameters after `strength_arg` are named after the UpdateSetting
         _report(summary, json_out, quiet, print_summary)
 
 
-@app.command(epilog="Example:\n\n  triangles export GLBX.MDP3:NQ 2025-01-01 2025-12-31 --out events/")
+@app.command(
+    epilog="Examples:\n\n  triangles export SYNTH:NQ 2025-11-01 2025-11-30 --out events/   # the demo's data"
+    "\n\n  triangles export GLBX.MDP3:NQ 2025-01-01 2025-12-31 -k 8 --out events/ --json"
+)
 def export(
     symbol: opt.Symbol,
     start: opt.Start,
@@ -321,11 +341,13 @@ def export(
         result = export_range(
             symbol, start, end, out, strength=strength, database_url=database_url, events_table=events_table
         )
+        for warning in result["warnings"]:
+            _warn(warning)
         if json_out:
             _emit_json(result)
         else:
             typer.echo(
-                f"exported {result['events']} events to {len(result['files'])} partition file(s) under {out}"
+                f"exported {result['events']:,} events to {len(result['files']):,} partition file(s) under {out}"
             )
 
 
@@ -348,12 +370,13 @@ def bars_load(
     ts_convention: opt.TsConvention = opt.DEFAULT_TS_CONVENTION,
     bar_interval: opt.BarInterval = opt.DEFAULT_BAR_INTERVAL,
     database_url: opt.DatabaseUrl = None,
+    max_retries: opt.MaxRetries = opt.DEFAULT_MAX_RETRIES,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
 ) -> None:
     """Load CSV, Parquet or DBN bar files into the bars table: streamed, idempotent, all or nothing."""
     given = {k: v for k, v in locals().items() if k not in ("json_out", "quiet")}
-    with guard():
+    with guard(quiet, retries_option=True):
         from triangles_polars.loading import TerminalLoadProgress, load_bars, print_load_summary
 
         given["columns"] = opt.parse_columns(columns)
@@ -362,7 +385,59 @@ def bars_load(
         _report(result, json_out, quiet, lambda r: print_load_summary(r, typer.echo))
 
 
-@app.command(epilog="Example:\n\n  triangles plot GLBX.MDP3:NQ 2025-12-02 2025-12-02 --out nq.png")
+@bars_app.command(
+    "list", epilog="Examples:\n\n  triangles bars list\n\n  triangles bars list 'SYNTH:*' --json"
+)
+def bars_list(
+    pattern: opt.SymbolPattern = None,
+    bars_table: opt.BarsTable = opt.DEFAULT_BARS_TABLE,
+    columns: opt.Columns = None,
+    database_url: opt.DatabaseUrl = None,
+    json_out: opt.Json = False,
+) -> None:
+    """List the symbols of the bars table: first and last bar (UTC) and bar count."""
+    with guard():
+        from triangles_polars.inventory import bar_table, list_bars
+
+        found = list_bars(
+            pattern, database_url=database_url, bars_table=bars_table, columns=opt.parse_columns(columns)
+        )
+        if json_out:
+            _emit_json({"bars_table": bars_table, "symbols": [s.to_json() for s in found]})
+        else:
+            _echo_lines(bar_table(found) if found else [f"no symbol of {bars_table!r} matches {pattern!r}"])
+
+
+@events_app.command(
+    "list", epilog="Examples:\n\n  triangles events list\n\n  triangles events list 'SYNTH:*' --json"
+)
+def events_list(
+    pattern: opt.SymbolPattern = None,
+    events_table: opt.EventsTable = opt.DEFAULT_EVENTS_TABLE,
+    database_url: opt.DatabaseUrl = None,
+    json_out: opt.Json = False,
+) -> None:
+    """List the symbols and strengths of the events table: first and last confirmed_at (UTC) and event count."""
+    with guard():
+        from triangles_polars.inventory import event_table, list_events
+
+        found = list_events(pattern, database_url=database_url, events_table=events_table)
+        if json_out:
+            _emit_json({"events_table": events_table, "series": [s.to_json() for s in found]})
+        else:
+            none = f"no events in {events_table!r}" + (f" for {pattern!r}" if pattern else "")
+            _echo_lines(event_table(found) if found else [none])
+
+
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command(
+    epilog="Examples:\n\n  triangles plot SYNTH:NQ 2025-11-25T14:30:00Z 2025-11-25T21:00:00Z --out nq.png"
+    "   # one session of the demo's data\n\n  triangles plot GLBX.MDP3:NQ 20251202 20251202 -k 8 --out nq.png"
+)
 def plot(
     symbol: opt.Symbol,
     start: opt.Start,
@@ -386,6 +461,7 @@ def plot(
             database_url=database_url,
             bars_table=bars_table,
             events_table=events_table,
+            on_warning=_warn,
         )
         typer.echo(f"wrote {path}")
 
@@ -398,7 +474,7 @@ def demo(
     quiet: opt.Quiet = False,
 ) -> None:
     """The whole job on the embedded default: seed a year of synthetic NQ bars, backfill, export, chart."""
-    with guard():
+    with guard(quiet):
         from triangles_polars.demo import run_demo
 
         say = None if (quiet or json_out) else typer.echo
@@ -408,13 +484,21 @@ def demo(
             _emit_json(result)
 
 
-@server_app.command("status")
-def server_status() -> None:
-    """Show whether the embedded server runs and where its data is."""
+@server_app.command(
+    "status", epilog="Examples:\n\n  triangles server status\n\n  triangles server status --json"
+)
+def server_status(json_out: opt.Json = False) -> None:
+    """Show whether the embedded server runs, where its data is and its URL (--json for scripts)."""
     with guard():
+        from triangles_polars.embedded import describe_status
         from triangles_polars.embedded import server_status as status
 
-        _emit_json(status())
+        current = status()
+        if json_out:
+            _emit_json(current)
+        else:
+            for line in describe_status(current):
+                typer.echo(line)
 
 
 @server_app.command("url")
@@ -435,6 +519,28 @@ def server_stop() -> None:
         typer.echo("stopped" if stop_server() else "not running")
 
 
+def run(argv: list[str]) -> int:
+    """Run one command line as the console script does, minus signal handling; returns the exit code.
+
+    Usage errors print one password-free line and exit 2 (tests run commands in-process through here).
+    """
+    global _ARGV
+    _ARGV = list(argv)
+    try:
+        result = app(args=opt.optional_values(argv), prog_name="triangles", standalone_mode=False)
+    except Exception as exc:
+        # Usage errors (click's UsageError, bundled or not): one line and their exit code (2);
+        # click would print the usage and the raw arguments.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            sys.stderr.write(f"error: {_clean(exc.format_message())} (see --help)\n")
+            sys.stderr.flush()
+            return int(exc.exit_code)
+        raise
+    finally:
+        _ARGV = []
+    return result if isinstance(result, int) else 0
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("RUST_LOG", "off")  # connectorx's pool logs connect errors itself
@@ -444,21 +550,13 @@ def main() -> None:
 
     try:
         # The command runs in a thread of its own; this thread handles SIGINT and SIGTERM at once.
-        args = opt.optional_values(sys.argv[1:])
-        result = signals.run_main(lambda: app(args=args, standalone_mode=False))
+        code = signals.run_main(lambda: run(sys.argv[1:]))
     except typer.Abort:
         sys.stderr.write(f"{_signal_word()}\n")
         sys.exit(signals.exit_code())
-    except Exception as exc:
-        # Usage errors (click's UsageError, bundled or not): one line and their exit code (2).
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            sys.stderr.write(f"error: {_clean(exc.format_message())} (see --help)\n")
-            sys.exit(exc.exit_code)
-        raise
     except KeyboardInterrupt:  # outside a command (e.g. during imports)
         sys.stderr.write(f"{_signal_word()}\n")
         sys.exit(signals.exit_code())
-    code = result if isinstance(result, int) else 0
     if signals.stop_requested():  # stopped by a signal: no slow interpreter teardown (within 1 s)
         signals.exit_fast(code)
     signals.exit_done(code)

@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -57,8 +57,26 @@ def normalise_url(url: str) -> str:
         or scheme not in ("postgresql", "postgres")
         or not url.strip().split(":", 1)[1].startswith("//")
     ):
-        raise BadInput(f"bad database URL {mask_url(url)!r}: expected postgresql://user:password@host/db")
+        raise BadInput(
+            f"bad database URL ({_what_is_wrong(url.strip())}): expected postgresql://user@host:port/dbname "
+            "(a password goes after the user and a colon, percent-encoded)"
+        )
     return urlunsplit(parts._replace(scheme="postgresql"))
+
+
+def _what_is_wrong(url: str) -> str:
+    """What makes ``url`` no PostgreSQL URL, without quoting it: a malformed URL has no reliable
+    place for its password, so none of it is shown (``docs/guarantees.md``)."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)
+    if scheme is None:
+        return "a key=value connection string" if "=" in url else "no scheme"
+    name = scheme.group(1).split("+", 1)[0].lower()
+    if name not in ("postgresql", "postgres"):
+        # user:password@host without a scheme reads as the scheme "user"
+        return "no scheme" if "@" in url.split("/", 1)[0] else f"scheme {name!r}, not postgresql"
+    if not url[scheme.end() :].startswith("//"):
+        return f"no // after {name}:"
+    return "not a URL"
 
 
 def with_application_name(url: str, name: str) -> str:
@@ -104,6 +122,35 @@ _NO_DATABASE = re.compile(r'database "[^"]*" does not exist|3D000', re.I)
 _NO_TABLE = re.compile(r"relation .* does not exist|schema .* does not exist|42P01|3F000", re.I)
 _PERMISSION = re.compile(r"permission denied|42501|must be owner", re.I)
 _READ_ONLY = re.compile(r"read-only transaction|25006", re.I)
+# libpq (and connectorx) refusing the URL itself, before any connection is tried: a user mistake.
+_BAD_CONNINFO = re.compile(
+    "|".join(
+        (
+            r"invalid connection option",
+            r"invalid integer value .* for connection option",
+            r'invalid \w+ value: "',
+            r"invalid port",
+            r"invalid URI",
+            r"invalid percent-encoded",
+            r"forbidden value %00",
+            r"key/value separator",
+            r'missing "=" after',
+            r"unterminated quoted string",
+            r"unexpected character .* in URI",
+            r"IPv6 host address",
+            r"could not match \d+ (port numbers|host names)",
+            r"could not parse network address",
+            r"invalid connection string",
+            r"invalid configuration",
+            r"invalid SSL protocol",
+        )
+    ),
+    re.I,
+)
+# A host name that does not resolve. With an "@" in it, the password held an unencoded "@".
+_UNKNOWN_HOST = re.compile(r'could not translate host name "([^"]*)"', re.I)
+# Any other failure to open a connection (TLS refused, …): the database refuses us.
+_CONNECT_FAILED = re.compile(r"failed to connect|could not connect|connection to server", re.I)
 
 
 def was_interrupted(exc: BaseException) -> bool:
@@ -155,17 +202,98 @@ def classify(exc: BaseException, what: str, url: str | None) -> TrianglesError:
         return BadInput(f"{what}: the database role lacks a privilege ({message})")
     if _NO_TABLE.search(text):
         return BadInput(f"{what}: {message}")
-    return TrianglesError(f"{what}: {message}")
+    return _connection_error(text, what, message) or TrianglesError(f"{what}: {message}")
+
+
+def _connection_error(text: str, what: str, message: str) -> TrianglesError | None:
+    """A failure to connect as exit 2 (the URL is wrong) or 3 (the server is not there or refuses)."""
+    host = _UNKNOWN_HOST.search(text)
+    message = re.sub(r"^\[libpq\] Failed to connect: ", "", message)
+    if (host and "@" in host.group(1)) or _BAD_CONNINFO.search(text):
+        hint = "; percent-encode @ in a password as %40" if host else ""
+        return BadInput(f"{what}: bad database URL ({message}){hint}")
+    if host or _CONNECT_FAILED.search(text):
+        return DatabaseUnavailable(f"{what}: database unreachable ({message})")
+    return None
 
 
 # ---------------------------------------------------------------------------- retries
 
 
+#: Environment variable that sets how many times a connection error is retried when no
+#: ``--max-retries`` is given (every command; ``0`` gives up at once on an unreachable server).
+MAX_RETRIES_ENV = "TRIANGLES_MAX_RETRIES"
+DEFAULT_RETRIES = 5
+
+
+def default_max_retries() -> int:
+    """``$TRIANGLES_MAX_RETRIES`` if set, else 5."""
+    raw = os.environ.get(MAX_RETRIES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETRIES
+    if not raw.isdigit():
+        raise BadInput(f"bad ${MAX_RETRIES_ENV} {raw!r}: use a whole number >= 0")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """A retry about to happen, as a user is told of it: why, which one, and how long until."""
+
+    reason: str
+    retry: int
+    max_retries: int
+    delay_s: float
+
+    def __str__(self) -> str:
+        delay = f"{self.delay_s:.1f}".removesuffix(".0")
+        return f"{self.reason}; retry {self.retry}/{self.max_retries} in {delay} s"
+
+
+# Why a connection failed, in the words a user knows; fixed phrases, so never a password.
+_RETRY_REASONS = (
+    "connection refused",
+    "connection reset",
+    "timed out",
+    "server closed the connection",
+    "terminating connection",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery",
+    "broken pipe",
+    "no connection to the server",
+)
+
+
+def retry_reason(exc: BaseException) -> str:
+    """A short, password-free reason for a transient error (``connection refused``, …)."""
+    text = str(exc).lower()
+    return next((reason for reason in _RETRY_REASONS if reason in text), "connection lost")
+
+
+# Who hears of each retry (the command line prints them on a terminal): process-wide, because
+# retries happen deep inside reads and writes that know nothing of the terminal.
+_RETRY_LISTENERS: list[Callable[[RetryNotice], None]] = []
+
+
+@contextlib.contextmanager
+def retries_reported_to(listener: Callable[[RetryNotice], None]) -> Iterator[None]:
+    """Call ``listener`` before every retry's wait while the block runs."""
+    _RETRY_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _RETRY_LISTENERS.remove(listener)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff: ``backoff_s``, 2×, 4× … capped at ``max_backoff_s``; ``max_retries`` tries more."""
+    """Exponential backoff: ``backoff_s``, 2×, 4× … capped at ``max_backoff_s``; ``max_retries`` tries more.
 
-    max_retries: int = 5
+    ``max_retries`` defaults to ``$TRIANGLES_MAX_RETRIES``, else 5.
+    """
+
+    max_retries: int = field(default_factory=default_max_retries)
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
 
@@ -173,8 +301,15 @@ class RetryPolicy:
         """A tenacity controller that retries transient errors (driver errors only) per this policy."""
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
-            if on_retry is not None and state.outcome is not None:
-                on_retry(state.outcome.exception())
+            if state.outcome is None:
+                return
+            error = state.outcome.exception()
+            if on_retry is not None:
+                on_retry(error)
+            delay = state.next_action.sleep if state.next_action is not None else 0.0
+            notice = RetryNotice(retry_reason(error), state.attempt_number, self.max_retries, delay)
+            for listener in list(_RETRY_LISTENERS):
+                listener(notice)
 
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
@@ -219,7 +354,8 @@ def give_up(exc: BaseException, what: str, policy: RetryPolicy, url: str | None)
         return KeyboardInterrupt()
     if is_transient(exc):
         return RetriesExhausted(
-            f"{what}: database unreachable after {policy.max_retries} retries "
+            f"{what}: database unreachable after {policy.max_retries} "
+            f"{'retry' if policy.max_retries == 1 else 'retries'} "
             f"({redact(first_line(str(exc)), url)})"
         )
     return classify(exc, what, url)

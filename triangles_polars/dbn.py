@@ -559,7 +559,7 @@ def _map_symbols(frame: pl.DataFrame, mapping: pl.DataFrame, info: DbnFile) -> p
     if missing.height:
         row = missing.row(0, named=True)
         raise BadInput(
-            f"DBN file {str(info.path)!r}: {missing.height} bar(s) have no symbol in the file's "
+            f"DBN file {str(info.path)!r}: {missing.height:,} bar(s) have no symbol in the file's "
             f"symbology, first instrument_id {row['instrument_id']} on {row['date'].isoformat()} "
             "(give --symbol if the file holds one series)"
         )
@@ -587,7 +587,7 @@ def _with_definitions(
         if lost.len():
             shown = ", ".join(str(i) for i in lost.head(5).to_list())
             raise BadInput(
-                f"DBN file {str(info.path)!r}: the definitions lack {lost.len()} instrument(s) of its "
+                f"DBN file {str(info.path)!r}: the definitions lack {lost.len():,} instrument(s) of its "
                 f"bars (instrument_id {shown}{', …' if lost.len() > 5 else ''}): give the definition "
                 "file of the same request"
             )

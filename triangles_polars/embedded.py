@@ -85,19 +85,60 @@ def stop_server(pgdata: Path | None = None) -> bool:
     return True
 
 
+def _postmaster(pgdata: Path) -> list[str] | None:
+    """The lines of the server's ``postmaster.pid``, or None when there is none (not running)."""
+    try:
+        return (pgdata / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return None
+
+
+def _running_pid(lines: list[str] | None) -> int | None:
+    """The postmaster's pid if that process is alive (a stale pid file after a crash is not)."""
+    try:
+        pid = int(lines[0]) if lines else 0
+        if pid <= 0:
+            return None
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def server_status(pgdata: Path | None = None) -> dict[str, object]:
-    """Whether the embedded server runs, and where."""
+    """Whether the embedded server runs, and where (``docs/contract.md#server-status``).
+
+    ``url`` and ``pid`` come from ``postmaster.pid`` (the server is not started, nor connected to);
+    both are None when it does not run.
+    """
     pgdata = (pgdata or default_pgdata()).expanduser().resolve()
-    running = False
-    pid_file = pgdata / "postmaster.pid"
-    if pid_file.exists():
-        try:
-            pid = int(pid_file.read_text().split()[0])
-            os.kill(pid, 0)
-            running = True
-        except (OSError, ValueError, IndexError):
-            running = False
-    return {"pgdata": str(pgdata), "initialised": (pgdata / "PG_VERSION").exists(), "running": running}
+    lines = _postmaster(pgdata)
+    pid = _running_pid(lines)
+    url = None
+    if pid is not None and lines is not None and len(lines) >= 5:
+        # postmaster.pid: pid, data folder, start time, port, socket folder, ...
+        url = f"postgresql://postgres@localhost/{DATABASE}?host={lines[4]}&port={lines[3]}"
+    return {
+        "pgdata": str(pgdata),
+        "initialised": (pgdata / "PG_VERSION").exists(),
+        "running": pid is not None,
+        "pid": pid,
+        "url": url,
+    }
+
+
+def describe_status(status: dict[str, object]) -> list[str]:
+    """``server status`` for a person: what state the server is in, where, and what to do next."""
+    if status["running"]:
+        state = f"running (pid {status['pid']})"
+    elif status["initialised"]:
+        state = "stopped (the next command that needs it starts it)"
+    else:
+        state = "not set up yet (the first command that needs it creates it, e.g. triangles demo)"
+    lines = [f"embedded server: {state}", f"data folder    : {status['pgdata']}"]
+    if status["url"]:
+        lines.append(f"url            : {status['url']}")
+    return lines
 
 
 def database_url(explicit: str | None = None) -> tuple[str, str]:

@@ -148,7 +148,26 @@ def export_range(
     split_table_name(events_table, "events table name")
     url, _ = resolve(database_url)
     with Session(url, EXPORT_NAME, retry) as session:
-        return _export(session, events_table, symbol, parse_strengths(strength), window, out_dir)
+        return _export(session, events_table, symbol, parse_strengths(strength), window, out_dir, speak=True)
+
+
+def _why_empty(cur: Any, events_table: str, symbol: str, strengths: tuple[int, ...], window: Window) -> str:
+    """Why a range holds no events: bad input when the symbol and strength have none at all
+    (naming what the table holds), else the warning for a quiet range (a holiday)."""
+    from triangles_polars.inventory import event_series, events_hint
+
+    held = [s for s in event_series(cur, events_table, symbol, count=False) if s.strength in strengths]
+    keys = f"{symbol} k={','.join(map(str, strengths))}"
+    if not held:
+        raise BadInput(f"no events for {keys} in {events_table!r}{events_hint(cur, events_table)}")
+    spans = "; ".join(
+        f"k={s.strength} from {s.first_confirmed_at.isoformat()} to {s.last_confirmed_at.isoformat()}"
+        for s in held
+    )
+    return (
+        f"no events of {keys} confirmed between {window.start.isoformat()} and "
+        f"{window.end_exclusive.isoformat()} (a holiday or a quiet window?); its events run {spans}"
+    )
 
 
 def _export(
@@ -158,8 +177,18 @@ def _export(
     strengths: tuple[int, ...],
     window: Window,
     out_dir: str | Path,
+    *,
+    speak: bool = False,
 ) -> dict[str, object]:
+    """Read and write the range; with ``speak``, an empty range is explained before anything is written."""
     events = read_events(session, events_table, symbol, strengths, window)
+    warnings = []
+    if speak and events.height == 0:  # docs/contract.md#empty-results-speak
+        warnings.append(
+            session.run(
+                "looking for events", lambda cur: _why_empty(cur, events_table, symbol, strengths, window)
+            )
+        )
     files = export_events(
         events,
         out_dir,
@@ -168,4 +197,9 @@ def _export(
         range_start=window.start,
         range_end=window.end_exclusive,
     )
-    return {"events": events.height, "files": [str(f) for f in files], "out": str(out_dir)}
+    return {
+        "events": events.height,
+        "files": [str(f) for f in files],
+        "out": str(out_dir),
+        "warnings": warnings,
+    }

@@ -38,7 +38,7 @@ from triangles_polars.db import (
 )
 from triangles_polars.errors import BadInput, RetriesExhausted, TrianglesError
 from triangles_polars.ledger import ensure_tables
-from triangles_polars.locks import Locked, LockKey, check_held, hold_locks
+from triangles_polars.locks import Locked, LockKey, hold_locks, require_held
 from triangles_polars.masking import mask_text
 from triangles_polars.planning import Plan
 from triangles_polars.settings import RunConfig, Task, TimeRange
@@ -208,7 +208,7 @@ class Follower:
         self.url, self.settings, self.log = url, settings, log
         self.progress = progress or Progress()
         # No retry inside a cycle: the loop retries whole cycles, forever, with its own backoff.
-        self.cycle_settings = replace(settings, max_retries=0, task_days=None)
+        self.cycle_settings = replace(settings, max_retries=0)
         self.session = Session(url, FOLLOW_NAME, RetryPolicy(max_retries=0))
         self.keys: set[tuple[str, int]] = set()
         self.symbols: list[str] = []
@@ -429,15 +429,15 @@ class Follower:
             ensure_tables(cur, config.tables.events, schema, table)
         qualified_table = qualified(schema, table)
         coverage = Coverage(schema)
+        keys = [LockKey(config.tables.events, p.task.symbol, k) for p in parts for k in p.task.strengths]
+        require_held(cur, keys, config.lock_token)  # not while the locks are being taken again
         deleted = 0
-        for part in parts:
-            task, span = part.task, part.task.time_range
-            for k in task.strengths:
-                key = LockKey(config.tables.events, task.symbol, k)
-                if config.lock_token and not check_held(cur, key, config.lock_token):
-                    raise TransientError(f"the lock on {key} is being taken again")
-                if config.write.mode == "replace":
-                    deleted += _delete(cur, qualified_table, task.symbol, k, span, part.events)
+        if config.write.mode == "replace":
+            for part in parts:
+                for k in part.task.strengths:
+                    deleted += _delete(
+                        cur, qualified_table, part.task.symbol, k, part.task.time_range, part.events
+                    )
         frames = [p.events for p in parts if p.events.height]
         inserted = 0
         if frames:

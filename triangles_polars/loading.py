@@ -197,7 +197,7 @@ def print_load_summary(result: LoadResult, echo: Callable[[str], Any] = print) -
     """The human summary of a load."""
     files = f"{len(result.files)} file{'s' if len(result.files) != 1 else ''}"
     shown = ", ".join(result.symbols[:5]) + (
-        f", … ({len(result.symbols)} symbols)" if len(result.symbols) > 5 else ""
+        f", … ({len(result.symbols):,} symbols)" if len(result.symbols) > 5 else ""
     )
     echo(
         f"loaded {result.bars_loaded:,} bars into {result.bars_table} from {files} "
@@ -527,7 +527,7 @@ class _Keys:
             dupes = batch.filter(pl.struct("symbol", "ts").is_duplicated()).sort("symbol", "ts")
             row = dupes.row(0, named=True)
             raise BadInput(
-                f"{source}: {dupes.height} rows share a (symbol, ts) key, first {row['symbol']} "
+                f"{source}: {dupes.height:,} rows share a (symbol, ts) key, first {row['symbol']} "
                 f"{row['ts'].isoformat()}"
             )
         for symbol, lo, hi, _, _ in per_symbol.iter_rows():

@@ -102,10 +102,43 @@ def mask_text(text: str, secrets: tuple[str, ...] = ()) -> str:
             tail = secret.split("@", i)[-1]
             if tail:
                 text = text.replace(tail + "@", MASK + "@")
+        text = _mask_pieces(text, secret)
     return text
 
 
+# Where URL parsers cut a password they misread (libpq takes "u:ab/cd@h" for host u, port ab,
+# and "u:@:cd@h" for host "", port "cd@h").
+_AUTHORITY_ENDS = re.compile(r"[/?#@:]")
+
+
+def _mask_pieces(text: str, secret: str) -> str:
+    """Mask the pieces of a password that holds ``/``, ``?``, ``#``, ``@`` or ``:``: a parser that
+    cuts the password there shows a piece on its own (as a port, a path, a host, a query).
+
+    >>> _mask_pieces('invalid integer value "s3" for connection option "port"', "s3/cret")
+    'invalid integer value "***" for connection option "port"'
+    """
+    for piece in _AUTHORITY_ENDS.split(secret):
+        if len(piece) >= 2 and piece != secret:
+            # only where the piece stands alone, so that "ab" does not mask "table"
+            text = re.sub(rf"(?<![\w%]){re.escape(piece)}(?!\w)", MASK, text)
+    return text
+
+
+def url_passwords(url: str) -> tuple[str, ...]:
+    """Every reading of the password in ``url``: :func:`url_password`'s, and the span from the
+    user's ``:`` to the last ``@``, which a malformed URL's user meant and drivers cut differently.
+
+    >>> url_passwords("postgresql://u::@/s3cret%@db/market")
+    (':', ':@/s3cret%')
+    """
+    found = [url_password(url)]
+    userinfo = _USERINFO.search(url)
+    if userinfo and userinfo.group(2):
+        found += [userinfo.group(2), unquote(userinfo.group(2))]
+    return tuple(dict.fromkeys(p for p in found if p))
+
+
 def redact(text: str, url: str | None) -> str:
-    """``text`` masked, including the password of ``url`` wherever it appears."""
-    password = url_password(url) if url else None
-    return mask_text(text, (password,) if password else ())
+    """``text`` masked, including every reading of the password of ``url`` wherever it appears."""
+    return mask_text(text, url_passwords(url) if url else ())

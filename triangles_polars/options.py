@@ -8,9 +8,11 @@ documentation. Importing this module stays cheap (no Polars, no database drivers
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import typer.core
@@ -65,9 +67,24 @@ def _print_version(value: bool) -> None:
 
 # ------------------------------------------------------------------------ arguments
 
-Symbol = Annotated[str, typer.Argument(help="Symbol as stored in the bars table, e.g. GLBX.MDP3:NQ.")]
-Start = Annotated[str, typer.Argument(help="First UTC day (YYYY-MM-DD) or timestamp.")]
-End = Annotated[str, typer.Argument(help="Last UTC day, inclusive (a timestamp is an exclusive bound).")]
+Symbol = Annotated[
+    str, typer.Argument(metavar="SYMBOL", help="Symbol as stored in the bars table, e.g. GLBX.MDP3:NQ.")
+]
+Start = Annotated[
+    str,
+    typer.Argument(
+        metavar="START",
+        help="First UTC day (YYYY-MM-DD or YYYYMMDD: from its midnight) or timestamp (inclusive).",
+    ),
+]
+End = Annotated[
+    str,
+    typer.Argument(
+        metavar="END",
+        help="Last UTC day (YYYY-MM-DD or YYYYMMDD), inclusive: the whole day; "
+        "or a timestamp, an exclusive bound.",
+    ),
+]
 Symbols = Annotated[
     str,
     typer.Argument(
@@ -81,6 +98,15 @@ StrengthArg = Annotated[
     typer.Argument(metavar="STRENGTHS", help="Swing strength k, or a list (3,5,8), as --strength."),
 ]
 AnchorArg = Annotated[str | None, typer.Argument(metavar="ANCHOR", help="Load bars from here, as --anchor.")]
+SymbolPattern = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="PATTERN",
+        help="Only these symbols: a symbol, a shell-style pattern ('GLBX.MDP3:*') or a comma-separated "
+        "list of them." + _default("every symbol"),
+        show_default=False,
+    ),
+]
 
 # ------------------------------------------------------------------------ where the data is
 
@@ -187,7 +213,14 @@ Purge = Annotated[
     ),
 ]
 ChunkEvents = Annotated[int, typer.Option("--chunk-events", help="Events per chunk (one transaction each).")]
-MaxRetries = Annotated[int, typer.Option("--max-retries", help="Reconnect attempts per read or chunk.")]
+MaxRetries = Annotated[
+    int,
+    typer.Option(
+        "--max-retries",
+        envvar="TRIANGLES_MAX_RETRIES",
+        help="Reconnect attempts per read or chunk when the database is unreachable (0: give up at once).",
+    ),
+]
 Backoff = Annotated[
     float, typer.Option("--backoff", help="First retry delay in seconds (doubles each time).")
 ]
@@ -246,10 +279,22 @@ class Command(typer.core.TyperCommand):
 
 
 class Group(typer.core.TyperGroup):
-    """A command group whose flags (``--help``, ``--version``) show no ``<bool>``."""
+    """A command group whose flags (``--help``, ``--version``) show no ``<bool>``.
+
+    Without a sub-command it prints its help and exits 0, as ``--help`` does (click would exit 2
+    with an empty error message).
+    """
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _flags_without_metavar(super().get_params(ctx))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            text = ctx.get_help()  # Rich help prints itself and returns ""
+            if text:
+                typer.echo(text)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
 
 
 class App(typer.Typer):
@@ -440,3 +485,65 @@ Heartbeat = Annotated[
         "--heartbeat", metavar="SECONDS", hidden=True, help="With --follow: heartbeat after this quiet."
     ),
 ]
+
+
+# ------------------------------------------------------------------------ options backfill and update share
+
+CommandFn = TypeVar("CommandFn", bound=Callable[..., Any])
+
+
+def run_options(  # declares options only: with_options adds its parameters to a command
+    strength: OptionalStrength = None,
+    database_url: DatabaseUrl = None,
+    bars_table: BarsTable = DEFAULT_BARS_TABLE,
+    events_table: EventsTable = DEFAULT_EVENTS_TABLE,
+    columns: Columns = None,
+    ts_convention: TsConvention = DEFAULT_TS_CONVENTION,
+    bar_interval: BarInterval = DEFAULT_BAR_INTERVAL,
+    hygiene: Hygiene = None,
+    config: Config = None,
+    min_price: MinPrice = None,
+    discontinuity: Discontinuity = None,
+    small_range: SmallRange = None,
+    big_gap: BigGap = None,
+    flat_gap: FlatGap = None,
+    reference_window: ReferenceWindow = None,
+    mode: Mode = DEFAULT_MODE,
+    chunk_events: ChunkEvents = DEFAULT_CHUNK_EVENTS,
+    max_retries: MaxRetries = DEFAULT_MAX_RETRIES,
+    backoff_s: Backoff = DEFAULT_BACKOFF_S,
+    reader: Reader = DEFAULT_READER,
+    slice_days: SliceDays = DEFAULT_SLICE_DAYS,
+    jobs: Jobs = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    max_task_retries: MaxTaskRetries = DEFAULT_MAX_TASK_RETRIES,
+    wait: Wait = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """The options of ``backfill`` and ``update``, named after the settings fields they set
+    (``json_out`` and ``quiet`` are the command line's own)."""
+
+
+def with_options(*groups: Callable[..., None]) -> Callable[[CommandFn], CommandFn]:
+    """Add the parameters of option groups (functions that only declare options, like
+    :func:`run_options`) to a command, after its own; the command takes them in ``**options``.
+
+    Typer reads a command's options from its signature, so the group's parameters are declared
+    once and every command that takes them shows the same help and defaults.
+    """
+
+    def add(command: CommandFn) -> CommandFn:
+        own = inspect.signature(command, eval_str=True)
+        params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        for group in groups:
+            params += [
+                p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                for p in inspect.signature(group, eval_str=True).parameters.values()
+            ]
+        command.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return add

@@ -12,13 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from triangles_polars.chunks import Chunk, MultiChunker
 from triangles_polars.db import SessionPool
 from triangles_polars.embedded import database_url
 from triangles_polars.errors import BadInput, TrianglesError
 from triangles_polars.hygiene import reason_codes
+from triangles_polars.inventory import bars_hint
 from triangles_polars.masking import mask_text, mask_url
 from triangles_polars.planning import Plan, plan_run
 from triangles_polars.settings import BackfillSettings, RunConfig, Task
@@ -26,9 +27,11 @@ from triangles_polars.source import READER_NAME, BarSource
 from triangles_polars.stream import StreamingDetector, merge_counts
 from triangles_polars.summary import Progress, RunSummary, TaskResult
 from triangles_polars.threads import BatchReader, WriterThread
+from triangles_polars.window_checks import WindowFacts, window_warnings
 from triangles_polars.writer import WRITER_NAME, ChunkWriter
 
 ChunkCallback = Callable[[Chunk, bool], None]
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 
 
 class EmptyWindow(Exception):
@@ -127,13 +130,38 @@ def run_task(
     writer_retries_before = writer.session.retries
     sink = WriterThread(writer, on_chunk, config.read.prefetch)
     detect_seconds = 0.0
+    facts = WindowFacts()
     try:
-        chunker, detect_seconds, newest = detect_stage(batches, sink, config, task, progress, result)
-        check_detected(result, task, lambda: reader.run("reading bars", source.has_bars))
-        if reader.run("looking past the window", lambda cur: source.has_bar_from(cur, span.end_exclusive)):
+        chunker, detect_seconds, newest = detect_stage(
+            batches, sink, config, task, progress, result, first_bar=opened.first_bar, facts=facts
+        )
+        check_detected(
+            result,
+            task,
+            lambda: reader.run("reading bars", source.has_bars),
+            lambda: reader.run("listing the symbols", lambda cur: bars_hint(cur, config.tables)),
+        )
+        data_goes_on = reader.run(
+            "looking past the window", lambda cur: source.has_bar_from(cur, span.end_exclusive)
+        )
+        if data_goes_on:
             newest = span.end_exclusive  # the data goes on past the window: no bar can still arrive in it
         writer.newest_close = newest
-        sink.submit(chunker.finish())  # the last chunk of each strength: nothing is written before it
+        result.warnings.extend(
+            window_warnings(
+                task,
+                config.read.interval,
+                facts,
+                data_goes_on=data_goes_on,
+                bars_before_anchor=lambda: reader.run(
+                    "looking before the anchor",
+                    lambda cur: source.first_bar(cur, _EARLIEST, span.anchor) is not None,
+                ),
+            )
+        )
+        if facts.last_bar is not None and facts.last_bar < span.start:
+            result.status = "empty"  # bars before START only: a holiday, or the data ends before it
+        sink.submit_together(chunker.finish())  # each strength's last chunk, in one transaction
         sink.finish()
     except BaseException:
         sink.stop()
@@ -147,10 +175,7 @@ def run_task(
             + writer.session.retries
             - writer_retries_before
         )
-        stats = writer.stats
-        result.chunks, result.chunks_skipped = stats.chunks + stats.chunks_skipped, stats.chunks_skipped
-        result.commits, result.purged = stats.commits, stats.purged
-        result.rows_inserted, result.rows_deleted = stats.rows_inserted, stats.rows_deleted
+        result.add_writes(writer.stats)
         result.stage_seconds = {"read": batches.busy_s, "detect": detect_seconds, "write": sink.busy_s}
 
 
@@ -162,6 +187,7 @@ class OpenSource:
     batches: BatchReader
     read_retries: list[BaseException]
     inspect_retries: int
+    first_bar: datetime | None = None  # open time of the window's first bar (None: no bars)
 
 
 def open_source(
@@ -181,15 +207,24 @@ def open_source(
     source = reader.run(
         "inspecting the bars table", lambda cur: source.inspect(cur, span.anchor, span.end_exclusive)
     )
+    first = reader.run(
+        "finding the first bar", lambda cur: source.first_bar(cur, span.anchor, span.end_exclusive)
+    )
     read_retries: list[BaseException] = []
 
     def on_read_retry(exc: BaseException) -> None:
         read_retries.append(exc)
         progress.retry(exc)
 
-    stream = source.stream(url, span.anchor, span.end_exclusive, config.retry, on_read_retry)
+    # Read from the first bar: years before the symbol's history are not scanned slice by slice.
+    lo = first if first is not None else span.end_exclusive
+    stream = source.stream(url, lo, span.end_exclusive, config.retry, on_read_retry)
     return OpenSource(
-        source, BatchReader(stream, config.read.prefetch, after), read_retries, reader.retries - before
+        source,
+        BatchReader(stream, config.read.prefetch, after),
+        read_retries,
+        reader.retries - before,
+        first,
     )
 
 
@@ -237,10 +272,12 @@ def detect_stage(
     task: Task,
     progress: Progress,
     result: TaskResult,
+    first_bar: datetime | None = None,
+    facts: WindowFacts | None = None,
 ) -> tuple[MultiChunker, float, datetime | None]:
     """Hygiene + detection of each batch as it arrives; complete chunks go to the sink.
 
-    Returns the chunker (holding each strength's last chunk), the seconds spent detecting, and
+    ``first_bar`` (the window's first bar, if known) is where the progress bar starts. Returns the chunker (holding each strength's last chunk), the seconds spent detecting, and
     the close of the newest bar read.
     """
     span, hygiene = task.time_range, task.hygiene
@@ -255,40 +292,53 @@ def detect_stage(
         count_from=task.count_from,
     )
     chunker = MultiChunker(task.strengths, span.start, span.end_exclusive, config.write.chunk_events)
-    progress.task_started(task)
+    progress.task_started(task, first_bar)
     busy, newest = 0.0, None
     for bars in batches:
         tick = time.perf_counter()
         detected = detector.push(bars)
         busy += time.perf_counter() - tick
+        if facts is not None:
+            facts.observe(bars)
         result.bars_processed += detected.bars
         result.bad_bars_skipped += detected.bad_bars
         merge_counts(result.bad_bars_by_rule, detected.bad_by_rule)
         for k, n in detected.events.group_by("strength").len().iter_rows():
             result.triangles_by_strength[k] += n
-        sink.submit(chunker.add(detected.events))
         newest = bars["ts"][-1] + config.read.interval
+        # Shown before the batch's chunks are queued: the bar never lags the commits.
         progress.advance(
             (bars["ts"][-1] - span.anchor).total_seconds(),
             bars=result.bars_processed,
             events=result.triangles,
             chunks=sink.chunks_done,
         )
+        sink.submit(chunker.add(detected.events))
+    if facts is not None:
+        facts.pivots_before_start = dict(detector.pivots_before_start)
     return chunker, busy, newest
 
 
-def check_detected(result: TaskResult, task: Task, symbol_has_bars: Callable[[], bool]) -> None:
-    """Bad input that only the whole window reveals (checked before the last chunk is written)."""
+def check_detected(
+    result: TaskResult,
+    task: Task,
+    symbol_has_bars: Callable[[], bool],
+    symbols_held: Callable[[], str] = lambda: "",
+) -> None:
+    """Bad input that only the whole window reveals (checked before the last chunk is written).
+
+    ``symbols_held`` says what the bars table holds instead (docs/contract.md#empty-results-speak).
+    """
     if result.bars_processed == 0:
         if not symbol_has_bars():
-            raise BadInput(f"no bars for symbol {task.symbol!r}")
+            raise BadInput(f"no bars for symbol {task.symbol!r}{symbols_held()}")
         raise EmptyWindow(
             f"{task.symbol}: no bars between {task.time_range.anchor.isoformat()} and "
             f"{task.time_range.end_exclusive.isoformat()} (a holiday or a quiet window?)"
         )
     if result.bad_bars_skipped == result.bars_processed:
-        codes = ", ".join(f"{k} {v}" for k, v in result.bad_bars_by_rule.items())
-        raise BadInput(f"all {result.bars_processed} bars of {task.symbol!r} failed hygiene ({codes})")
+        codes = ", ".join(f"{k} {v:,}" for k, v in result.bad_bars_by_rule.items())
+        raise BadInput(f"all {result.bars_processed:,} bars of {task.symbol!r} failed hygiene ({codes})")
 
 
 # ---------------------------------------------------------------------------- the run's summary

@@ -18,6 +18,8 @@ uses the Agg canvas directly (no pyplot, no global backend switch, no display).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,12 +27,18 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from triangles_polars.schema import UTC_TS, to_utc
-from triangles_polars.settings import DEFAULT_BARS_TABLE, DEFAULT_EVENTS_TABLE, DEFAULT_STRENGTH
+from triangles_polars.settings import (
+    DEFAULT_BARS_TABLE,
+    DEFAULT_EVENTS_TABLE,
+    DEFAULT_MAX_CANDLES,
+    DEFAULT_STRENGTH,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-__all__ = ["pivots_from_events", "render_chart"]
+__all__ = ["aggregate_bars", "chart_figure", "overview_step", "pivots_from_events", "render_chart"]
 
 _MISSING_MPL = "plotting needs the 'plot' extra: pip install 'triangles-polars[plot]'"
 
@@ -241,6 +249,8 @@ def render_chart(
     *,
     title: str | None = None,
     bar_interval: timedelta = timedelta(minutes=1),
+    max_candles: int = DEFAULT_MAX_CANDLES,
+    on_warning: Callable[[str], object] | None = None,
 ) -> Path:
     """Render candlesticks, swing pivots and triangle events of a bar window to ``out``.
 
@@ -248,34 +258,59 @@ def render_chart(
     time). ``events``: rows of the events table (``docs/contract.md#the-events-table``). Pivots are placed by matching their
     timestamps to bar timestamps exactly; triangles with any pivot outside the window
     are not drawn. Either frame may be empty. ``bar_interval`` sets the span shown in
-    the default title (the last bar's close time). Returns the written path.
+    the default title (the last bar's close time). More than ``max_candles`` bars are drawn
+    as an overview instead, and ``on_warning`` (default :func:`warnings.warn`) says so (see
+    :func:`chart_figure`). Returns the written path.
+    """
+    fig = chart_figure(
+        bars, events, title=title, bar_interval=bar_interval, max_candles=max_candles, on_warning=on_warning
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def chart_figure(
+    bars: pl.DataFrame,
+    events: pl.DataFrame,
+    *,
+    title: str | None = None,
+    bar_interval: timedelta = timedelta(minutes=1),
+    max_candles: int = DEFAULT_MAX_CANDLES,
+    on_warning: Callable[[str], object] | None = None,
+) -> Figure:
+    """The chart of :func:`render_chart` as a matplotlib figure, labelled with how it was drawn.
+
+    ``fig.get_label()`` is ``"candles"`` (every bar a candle, pivots, triangles) or
+    ``"overview"``: past ``max_candles`` bars (a week or a year of 1-minute bars) candles one by
+    one are an unreadable smear, so the bars are aggregated into at most a few hundred candles
+    of a round step (:func:`overview_step`) and each event is marked at its C pivot; the
+    warning says so and how to get candles back.
     """
     try:
         import numpy as np
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 (the extra is there)
         from matplotlib.collections import PolyCollection
         from matplotlib.colors import to_rgba
-        from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(_MISSING_MPL) from exc
 
-    out = Path(out)
     if bars.height:
         missing = [c for c in ("ts", "open", "high", "low", "close") if c not in bars.columns]
         if missing:
             raise ValueError(f"bars frame lacks column(s): {', '.join(missing)}")
     events = _events_for_bars(bars, events)
+    step = overview_step(bars, max_candles)
+    if step is not None:
+        (on_warning or warnings.warn)(overview_note(bars.height, step, max_candles))
+        return _overview_figure(bars, events, step, title, bar_interval)
     triangles = _window_triangles(bars, events)
     pivots = _window_pivots(bars, events) if bars.height else pl.DataFrame(schema=_PIVOT_SCHEMA)
 
-    fig = Figure(figsize=(16, 8), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.set_facecolor("#fbfbfb")
-    ax.grid(True, color="#e3e3e3", linewidth=0.6, zorder=0)
-    ax.set_axisbelow(True)
+    fig, ax = _new_figure("candles")
 
     legend: list[Any] = []
     if bars.height:
@@ -412,10 +447,167 @@ def render_chart(
             columnspacing=1.6,
         )
     fig.tight_layout()
+    return fig
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+
+def _new_figure(label: str) -> tuple[Figure, Axes]:
+    """A figure on the Agg canvas (no pyplot, no display) with one styled axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 8), dpi=110)
+    FigureCanvasAgg(fig)
+    fig.set_label(label)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_facecolor("#fbfbfb")
+    ax.grid(True, color="#e3e3e3", linewidth=0.6, zorder=0)
+    ax.set_axisbelow(True)
+    return fig, ax
+
+
+# The overview's candle steps, smallest first, and how its title and warning name them.
+_OVERVIEW_STEPS = {
+    "5m": "5 minutes",
+    "15m": "15 minutes",
+    "30m": "30 minutes",
+    "1h": "hour",
+    "2h": "2 hours",
+    "4h": "4 hours",
+    "1d": "day",
+    "1w": "week",
+    "1mo": "month",
+}
+_OVERVIEW_CANDLES = 400  # about as many as a session's chart shows readably (a year: daily candles)
+
+
+def overview_step(bars: pl.DataFrame, max_candles: int = DEFAULT_MAX_CANDLES) -> str | None:
+    """None when the bars fit as candles; else the overview's step (a polars duration string).
+
+    The smallest step of ``_OVERVIEW_STEPS`` that gives at most ``_OVERVIEW_CANDLES`` candles
+    (UTC buckets), the largest one otherwise.
+
+    >>> from datetime import datetime, UTC
+    >>> week = pl.DataFrame({"ts": pl.datetime_range(
+    ...     datetime(2025, 1, 6, tzinfo=UTC), datetime(2025, 1, 10, 23, 59, tzinfo=UTC), "1m", eager=True)})
+    >>> overview_step(week.head(1380)), overview_step(week)
+    (None, '30m')
+    """
+    if bars.height <= max_candles:
+        return None
+    ts = to_utc(pl.col("ts"), bars.schema["ts"])
+    counts = bars.select(ts.dt.truncate(step).n_unique().alias(step) for step in _OVERVIEW_STEPS).row(0)
+    steps = list(_OVERVIEW_STEPS)
+    return next((st for st, n in zip(steps, counts, strict=True) if n <= _OVERVIEW_CANDLES), steps[-1])
+
+
+def overview_note(n_bars: int, step: str, max_candles: int = DEFAULT_MAX_CANDLES) -> str:
+    """What the user is told when a chart is drawn as an overview."""
+    return (
+        f"{n_bars:,} bars are too many to draw one by one (more than {max_candles:,}): drawn as an "
+        f"overview, one candle per {_OVERVIEW_STEPS[step]} (UTC), each triangle event marked at its C "
+        "pivot; plot a shorter window (a session or a day) for every candle and triangle"
+    )
+
+
+def aggregate_bars(bars: pl.DataFrame, step: str) -> pl.DataFrame:
+    """OHLC candles of ``step`` (UTC buckets) from bars sorted by ``ts``: ``ts`` is the bucket's start."""
+    ts = to_utc(pl.col("ts"), bars.schema["ts"])
+    return (
+        bars.with_columns(ts.dt.truncate(step).alias("ts"))
+        .group_by("ts", maintain_order=True)
+        .agg(
+            pl.col("open").first(),
+            pl.col("high").max(),
+            pl.col("low").min(),
+            pl.col("close").last(),
+        )
+        .sort("ts")
+    )
+
+
+def _overview_markers(candles: pl.DataFrame, events: pl.DataFrame, step: str) -> pl.DataFrame:
+    """Each event's C pivot (``x`` = its candle's index, ``price``, ``kind``) for candles of ``step``."""
+    schema = {"x": pl.UInt32(), "price": pl.Float64(), "kind": pl.String()}
+    if events.height == 0 or any(c not in events.columns for c in ("c_ts", "c_price", "c_kind")):
+        return pl.DataFrame(schema=schema)
+    index = candles.select("ts").with_row_index("x")
+    marks = events.select(
+        to_utc(pl.col("c_ts"), events.schema["c_ts"]).dt.truncate(step).alias("ts"),
+        pl.col("c_price").cast(pl.Float64).alias("price"),
+        pl.col("c_kind").cast(pl.String).alias("kind"),
+    )
+    return marks.join(index, on="ts", how="inner").select(list(schema))
+
+
+def _overview_figure(
+    bars: pl.DataFrame, events: pl.DataFrame, step: str, title: str | None, bar_interval: timedelta
+) -> Figure:
+    """Aggregated candles of ``step`` with every event marked at its C pivot (label ``"overview"``)."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    candles = aggregate_bars(bars, step)
+    marks = _overview_markers(candles, events, step)
+    fig, ax = _new_figure("overview")
+    _draw_candles(ax, candles, np)
+    legend: list[Any] = [
+        Patch(facecolor=_UP, edgecolor=_UP, label="up candle"),
+        Patch(facecolor=_DOWN, edgecolor=_DOWN, label="down candle"),
+    ]
+    lo, hi = float(candles["low"].min()), float(candles["high"].max())  # type: ignore[arg-type]
+    pad = 0.012 * (hi - lo if hi != lo else max(abs(hi) * 1e-3, 1.0))
+    ax.set_xlim(-1.0, candles.height)
+    ax.set_ylim(lo - 4 * pad, hi + 4 * pad)
+    ax.set_xticks(*_time_ticks(candles))
+    # Many events share a candle: small translucent marks behind the candles show where they crowd.
+    for kind, marker, colour, sign, label in (
+        ("H", "v", _TRI_C_HIGH, 1.0, "event, C = swing high"),
+        ("L", "^", _TRI_C_LOW, -1.0, "event, C = swing low"),
+    ):
+        sel = marks.filter(pl.col("kind") == kind)
+        if sel.height == 0:
+            continue
+        ax.scatter(
+            sel["x"].cast(pl.Float64).to_numpy(),
+            sel["price"].to_numpy() + sign * pad,
+            marker=marker,
+            s=8,
+            color=colour,
+            alpha=0.3,
+            linewidths=0,
+            zorder=1.5,
+            label=f"_{kind}_events",
+        )
+        legend.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker=marker,
+                color=colour,
+                markersize=6,
+                label=f"{label} ({sel.height:,})",
+            )
+        )
+    if title is None:
+        title = _default_title(bars, events, marks.height, bar_interval)
+        title += f"  ·  overview: 1 candle per {_OVERVIEW_STEPS[step]}"
+    ax.set_title(title, fontsize=13, pad=26)
+    ax.set_xlabel("candle start (UTC)")
+    ax.set_ylabel("price")
+    ax.legend(
+        handles=legend,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(legend),
+        fontsize=9,
+        frameon=False,
+        handlelength=1.6,
+        columnspacing=1.6,
+    )
+    fig.tight_layout()
+    return fig
 
 
 def plot_window(
@@ -428,11 +620,18 @@ def plot_window(
     database_url: str | None = None,
     bars_table: str = DEFAULT_BARS_TABLE,
     events_table: str = DEFAULT_EVENTS_TABLE,
+    on_warning: Callable[[str], object] | None = None,
 ) -> Path:
-    """Read a window of bars and its events from PostgreSQL and render them with :func:`render_chart`."""
-    from triangles_polars.db import RetryPolicy, Session, qualified, table_exists
+    """Read a window of bars and its events from PostgreSQL and render them with :func:`render_chart`.
+
+    A symbol with no bars at all, or no events of ``strength`` at all, is bad input naming what
+    the tables hold; a window without bars (a holiday) is drawn, and ``on_warning`` (default:
+    :func:`warnings.warn`) hears about it (``docs/contract.md#empty-results-speak``).
+    """
+    from triangles_polars.db import RetryPolicy, Session, fetch_all, qualified, table_exists
     from triangles_polars.embedded import database_url as resolve
     from triangles_polars.errors import BadInput
+    from triangles_polars.inventory import bars_hint, events_hint
     from triangles_polars.schema import DETECT_SCHEMA
     from triangles_polars.settings import ReadSettings, Tables, Window
     from triangles_polars.source import READER_NAME, BarSource
@@ -446,11 +645,21 @@ def plot_window(
     url, _ = resolve(database_url)
     policy = RetryPolicy()
 
+    def _has_events(cur: Any, events: str) -> bool:
+        sql = f"SELECT EXISTS (SELECT 1 FROM {events} WHERE symbol = $1 AND strength = $2)"
+        return bool(fetch_all(cur, sql, (symbol, strength))[0][0])
+
     def inspect(cur: Any) -> tuple[BarSource, pl.DataFrame]:
         source = BarSource(symbol, tables, ReadSettings()).inspect(cur, window.start, window.end_exclusive)
+        if not source.has_bars(cur):
+            raise BadInput(f"no bars for symbol {symbol!r} in {bars_table!r}{bars_hint(cur, tables)}")
         schema, table = tables.events_parts
-        if not table_exists(cur, schema, table):
-            return source, pl.DataFrame()
+        exists = table_exists(cur, schema, table)
+        if not exists or not _has_events(cur, qualified(schema, table)):
+            raise BadInput(
+                f"no events for {symbol} k={strength} in {events_table!r} (run `triangles backfill "
+                f"{symbol} START END -k {strength}` first){events_hint(cur, events_table) if exists else ''}"
+            )
         cur.execute(
             f"SELECT * FROM {qualified(schema, table)} WHERE symbol = $1 AND strength = $2 "
             "AND a_ts >= $3 AND confirmed_at < $4",
@@ -462,5 +671,10 @@ def plot_window(
         source, events = session.run("reading the window", inspect)
     batches = list(source.stream(url, window.start, window.end_exclusive, policy))
     bars = pl.concat(batches) if batches else pl.DataFrame(schema=DETECT_SCHEMA)
+    if bars.height == 0:
+        (on_warning or warnings.warn)(
+            f"{symbol}: no bars between {window.start.isoformat()} and {window.end_exclusive.isoformat()} "
+            "(a holiday or a quiet window?): the chart is empty"
+        )
     bars = bars.with_columns(pl.lit(symbol).alias("symbol"))
-    return render_chart(bars, events, out, bar_interval=source.read.interval)
+    return render_chart(bars, events, out, bar_interval=source.read.interval, on_warning=on_warning)

@@ -526,7 +526,7 @@ def _ray_task(url: str, config: RunConfig, task: Task) -> TaskResult:
         result.retries += attempt
         result.warnings.append(
             f"{task.label}: rerun {attempt} time(s) by Ray after its worker or node died; "
-            f"{result.chunks_skipped} chunk(s) committed before were kept"
+            f"{result.chunks_skipped:,} chunk(s) committed before were kept"
         )
     return result
 

@@ -34,6 +34,9 @@ DEFAULT_BACKOFF_S = 0.5
 DEFAULT_SLICE_DAYS = 183
 DEFAULT_PREFETCH = 2
 DEFAULT_MAX_TASK_RETRIES = 3
+# `plot` draws at most this many candles (a full day of 1-minute bars is 1,380); a longer
+# window is drawn as an overview of aggregated candles (docs/contract.md#triangles-plot).
+DEFAULT_MAX_CANDLES = 2_000
 MAX_STRENGTH = 10_000
 
 TsConvention = Literal["open", "close"]
@@ -76,16 +79,20 @@ def parse_instant(text: str | date | datetime, what: str) -> tuple[datetime, boo
         return datetime.combine(text, time(0), tzinfo=UTC), True
     else:
         raw = str(text).strip()
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+        # A day, extended (2025-06-02) or compact (20250602): both mean the whole day.
+        day = re.fullmatch(r"(\d{4})(-?)(\d{2})\2(\d{2})", raw)
+        if day:
             try:
-                return datetime.combine(date.fromisoformat(raw), time(0), tzinfo=UTC), True
+                year, month, dom = int(day[1]), int(day[3]), int(day[4])
+                return datetime.combine(date(year, month, dom), time(0), tzinfo=UTC), True
             except ValueError:
                 raise BadInput(f"malformed {what} {raw!r}: not a real date") from None
         try:
             value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise BadInput(
-                f"malformed {what} {raw!r}: use YYYY-MM-DD or an ISO timestamp like 2025-11-30T23:00:00Z"
+                f"malformed {what} {raw!r}: use a day (YYYY-MM-DD or YYYYMMDD) or an ISO timestamp "
+                "like 2025-11-30T23:00:00Z"
             ) from None
         is_day = False
     value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -462,6 +469,8 @@ class RunConfig:
 
     Holds no database URL, so it can travel to workers (and Ray tasks) without the password.
     ``lock_token`` names the driver's lock connection that chunks are written under.
+    ``ledger``: record the run and its chunks in the run ledger (backfill's resume); an update
+    resumes from coverage alone and leaves no rows there.
     """
 
     tables: Tables = field(default_factory=Tables)
@@ -469,6 +478,7 @@ class RunConfig:
     write: WriteSettings = field(default_factory=WriteSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     lock_token: str | None = None
+    ledger: bool = True
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,7 @@ def reset() -> None:
     """Forget a stop and the counts (for a new command in the same process)."""
     STOP.clear()
     _STATE.signum = _STATE.deadline = None
+    _STATE.service = False
     _STATE.committed = 0
     _STATE.counters.clear()
 

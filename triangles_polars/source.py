@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -87,7 +87,7 @@ class BarSource:
         repeated = bars.filter(pl.col("ts").diff() == pl.duration(microseconds=0))["ts"]
         if repeated.len():
             raise BadInput(
-                f"bars of {self.symbol!r} have {repeated.n_unique()} duplicate timestamp(s), "
+                f"bars of {self.symbol!r} have {repeated.n_unique():,} duplicate timestamp(s), "
                 f"first at {repeated[0].isoformat()}; fix the bars table (primary key (symbol, ts))"
             )
         return bars
@@ -142,6 +142,26 @@ class BarSource:
             f"WHERE {quote_ident(col['symbol'])} = $1 AND {quote_ident(col['ts'])} >= {self._literal(instant + shift)})"
         )
         return bool(fetch_all(cur, sql, (self.symbol,))[0][0])
+
+    def first_bar(self, cur: Any, lo: datetime, hi: datetime) -> datetime | None:
+        """Open time (UTC) of the symbol's first bar in ``[lo, hi)``, or None (one index probe).
+
+        Reading starts there: years before a symbol's history are not scanned slice by slice.
+        """
+        col = self.tables.columns
+        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
+        ts = quote_ident(col["ts"])
+        sql = (
+            f"SELECT min({ts}) FROM {qualified(*self.tables.bars_parts)} "
+            f"WHERE {quote_ident(col['symbol'])} = $1 "
+            f"AND {ts} >= {self._literal(lo + shift)} AND {ts} < {self._literal(hi + shift)}"
+        )
+        first = fetch_all(cur, sql, (self.symbol,))[0][0]
+        if first is None:
+            return None
+        if first.tzinfo is None:  # a naive column holds UTC
+            first = first.replace(tzinfo=UTC)
+        return first.astimezone(UTC) - shift
 
     # -- reading
 

@@ -17,8 +17,6 @@ the two never miss an event between them.
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -35,13 +33,13 @@ from triangles_polars.planning import (
     Plan,
     check_connections,
     skipped_result,
-    split_range,
     worker_count,
 )
 from triangles_polars.settings import (
     DEFAULT_ANCHOR_DAYS,
     BackfillSettings,
     HygieneSettings,
+    RunConfig,
     Task,
     TimeRange,
     parse_duration,
@@ -87,6 +85,8 @@ class UpdateSettings(BackfillSettings):
             raise BadInput("update does not purge: use backfill --purge for a range")
         if self.export_dir is not None:
             raise BadInput("update does not export: use triangles export for a range")
+        if self.task_days is not None:
+            raise BadInput("update does not take --task-days: it continues each key in one task")
         super().__post_init__()
         until = None
         if self.until is not None:
@@ -105,6 +105,14 @@ class UpdateSettings(BackfillSettings):
                 raise BadInput(f"bad {name} {value!r}: use a number of seconds above 0")
         object.__setattr__(self, "until_exclusive", until)
         object.__setattr__(self, "lookback_span", parse_lookback(self.lookback))
+        if self.lookback_span and self.write.mode == "append":
+            raise BadInput("--lookback rewrites events (replace), which --mode append never does")
+
+    @property
+    def run_config(self) -> RunConfig:
+        """As backfill's, without the run ledger: an update goes on from coverage alone, so the
+        ledger would only grow by a run per key and a row per chunk at every update."""
+        return replace(super().run_config, ledger=False)
 
 
 def parse_lookback(value: str | timedelta) -> timedelta:
@@ -219,7 +227,7 @@ def key_states(cur: Any, settings: BackfillSettings, symbols: list[str]) -> list
     missing = [s for s in symbols if s not in extents]
     if missing:
         existing = distinct_symbols(cur, settings.tables)
-        shown = ", ".join(existing[:8]) + (f" … ({len(existing)} in all)" if len(existing) > 8 else "")
+        shown = ", ".join(existing[:8]) + (f" … ({len(existing):,} in all)" if len(existing) > 8 else "")
         raise BadInput(
             f"no bars for symbol {missing[0]!r} in {settings.tables.bars!r}"
             + (f"; symbols with bars: {shown}" if existing else " (the table has no bars)")
@@ -295,32 +303,21 @@ def _plan(cur: Any, settings: UpdateSettings) -> Plan:
     symbols = resolve_symbols(cur, settings.tables, settings.symbol)
     plan = Plan(symbols)
     plan.to_run, plan.skipped = tasks_for(key_states(cur, settings, symbols), settings)
-    plan.jobs = worker_count(update_jobs(settings, plan.to_run), len(plan.to_run))
+    plan.jobs = worker_count(settings.jobs, len(plan.to_run))  # as backfill: the CPU cores
     if plan.to_run:
         check_connections(cur, settings, plan.jobs)
     return plan
-
-
-# A worker process costs about half a second to start (imports, its connections, its first
-# statements): an update reads about a million bars a second in one process, so below a million
-# bars per worker, fewer processes finish sooner (benchmarks/README.md, "Following new bars").
-BARS_PER_WORKER = 1_000_000
-
-
-def update_jobs(settings: BackfillSettings, tasks: list[Task]) -> int | None:
-    """``--jobs`` as given; by default the CPU cores, at most the tasks, and at most one worker
-    process per million bars the tasks may read (an update of a session per key: one process)."""
-    if settings.jobs is not None or settings.engine != "local":
-        return settings.jobs
-    bars = sum((t.time_range.end_exclusive - t.time_range.anchor) / settings.read.interval for t in tasks)
-    return max(1, min(os.cpu_count() or 1, len(tasks), math.ceil(bars / BARS_PER_WORKER)))
 
 
 def tasks_for(
     states: list[KeyState], settings: UpdateSettings, rewrite_idle: bool = True
 ) -> tuple[list[Task], list[Any]]:
     """Tasks for the keys that need work (strengths of a symbol with the same span share one);
-    skipped results for the keys that are current."""
+    skipped results for the keys that are current.
+
+    One task per key and span, never split: its chunks commit in time order, so coverage stays
+    one span that the next update goes on from (split tasks that finish out of order would leave
+    a hole behind the span an interrupted run reached)."""
     interval = settings.read.interval
     groups: dict[tuple[str, Span | None], list[KeyState]] = defaultdict(list)
     for state in states:
@@ -338,11 +335,7 @@ def tasks_for(
             skipped.append(skipped_result(current))
             continue
         whole = TimeRange(span.start, span.end_exclusive, span.anchor)
-        for i, (piece, count_from) in enumerate(split_range(whole, settings.task_days)):
-            counted = (
-                (span.count_from if span.count_from is not None else count_from) if i == 0 else count_from
-            )
-            to_run.append(Task(symbol, strengths, piece, first.hygiene, counted, first.series_version))
+        to_run.append(Task(symbol, strengths, whole, first.hygiene, span.count_from, first.series_version))
     return to_run, skipped
 
 
@@ -368,8 +361,7 @@ def update(settings: UpdateSettings, progress: Progress | None = None, on_chunk:
     with hold_locks(url, settings, plan) as config:
         if plan.to_run and settings.wait != 0.0:
             plan = replan(url, settings, plan)  # the lock may have been waited for: the keys moved on
-        sized = replace(settings, jobs=update_jobs(settings, plan.to_run))
-        results = run_tasks(url, sized, config, plan.to_run, progress, on_chunk)
+        results = run_tasks(url, settings, config, plan.to_run, progress, on_chunk)
     summary = span_summary(summarise(settings, url, plan, results), plan)
     summary.duration_s = round(time.perf_counter() - started, 3)
     return summary
