@@ -435,19 +435,23 @@ def chart_figure(
     ax.set_xlabel("bar open time (UTC)")
     ax.set_ylabel("price")
     if legend:
-        # One row between the title and the plot: never covers a candle.
-        ax.legend(
-            handles=legend,
-            loc="lower center",
-            bbox_to_anchor=(0.5, 1.0),
-            ncol=len(legend),
-            fontsize=9,
-            frameon=False,
-            handlelength=1.6,
-            columnspacing=1.6,
-        )
+        _legend_above(ax, legend)
     fig.tight_layout()
     return fig
+
+
+def _legend_above(ax: Axes, handles: list[Any]) -> None:
+    """One legend row between the title and the plot: it never covers a candle."""
+    ax.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(handles),
+        fontsize=9,
+        frameon=False,
+        handlelength=1.6,
+        columnspacing=1.6,
+    )
 
 
 def _new_figure(label: str) -> tuple[Figure, Axes]:
@@ -596,16 +600,7 @@ def _overview_figure(
     ax.set_title(title, fontsize=13, pad=26)
     ax.set_xlabel("candle start (UTC)")
     ax.set_ylabel("price")
-    ax.legend(
-        handles=legend,
-        loc="lower center",
-        bbox_to_anchor=(0.5, 1.0),
-        ncol=len(legend),
-        fontsize=9,
-        frameon=False,
-        handlelength=1.6,
-        columnspacing=1.6,
-    )
+    _legend_above(ax, legend)
     fig.tight_layout()
     return fig
 
