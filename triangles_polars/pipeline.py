@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from triangles_polars.chunks import Chunk, MultiChunker
 from triangles_polars.db import SessionPool
@@ -141,9 +142,7 @@ def run_task(
             lambda: reader.run("reading bars", source.has_bars),
             lambda: reader.run("listing the symbols", lambda cur: bars_hint(cur, config.tables)),
         )
-        data_goes_on = reader.run(
-            "looking past the window", lambda cur: source.has_bar_from(cur, span.end_exclusive)
-        )
+        data_goes_on = opened.data_goes_on
         if data_goes_on:
             newest = span.end_exclusive  # the data goes on past the window: no bar can still arrive in it
         writer.newest_close = newest
@@ -188,6 +187,9 @@ class OpenSource:
     read_retries: list[BaseException]
     inspect_retries: int
     first_bar: datetime | None = None  # open time of the window's first bar (None: no bars)
+    # A bar opens at or after the window's end: none can still arrive in the window. Asked before
+    # the read, so every bar of the window that existed then is read.
+    data_goes_on: bool = False
 
 
 def open_source(
@@ -203,13 +205,14 @@ def open_source(
     span = task.time_range
     reader = sessions.get(READER_NAME, config.retry, progress.retry)
     before = reader.retries
-    source = BarSource(task.symbol, config.tables, config.read)
-    source = reader.run(
-        "inspecting the bars table", lambda cur: source.inspect(cur, span.anchor, span.end_exclusive)
-    )
-    first = reader.run(
-        "finding the first bar", lambda cur: source.first_bar(cur, span.anchor, span.end_exclusive)
-    )
+    unchecked = BarSource(task.symbol, config.tables, config.read)
+
+    def inspect(cur: Any) -> tuple[BarSource, datetime | None, bool]:
+        # One transaction (a round trip per query, one commit) for everything known before reading.
+        checked = unchecked.inspect(cur, span.anchor, span.end_exclusive)
+        return checked, *checked.probe(cur, span.anchor, span.end_exclusive)
+
+    source, first, data_goes_on = reader.run("inspecting the bars table", inspect)
     read_retries: list[BaseException] = []
 
     def on_read_retry(exc: BaseException) -> None:
@@ -225,6 +228,7 @@ def open_source(
         read_retries,
         reader.retries - before,
         first,
+        data_goes_on,
     )
 
 

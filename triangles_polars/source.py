@@ -156,12 +156,32 @@ class BarSource:
             f"WHERE {quote_ident(col['symbol'])} = $1 "
             f"AND {ts} >= {self._literal(lo + shift)} AND {ts} < {self._literal(hi + shift)}"
         )
-        first = fetch_all(cur, sql, (self.symbol,))[0][0]
-        if first is None:
+        return self._open_time(fetch_all(cur, sql, (self.symbol,))[0][0])
+
+    def probe(self, cur: Any, lo: datetime, hi: datetime) -> tuple[datetime | None, bool]:
+        """:meth:`first_bar` in ``[lo, hi)`` and :meth:`has_bar_from` ``hi``, in one round trip
+        (two index probes): what a task needs to know before it reads."""
+        col = self.tables.columns
+        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
+        ts, symbol = quote_ident(col["ts"]), quote_ident(col["symbol"])
+        table = qualified(*self.tables.bars_parts)
+        hi_literal = self._literal(hi + shift)
+        sql = (
+            f"SELECT (SELECT min({ts}) FROM {table} WHERE {symbol} = $1 "
+            f"AND {ts} >= {self._literal(lo + shift)} AND {ts} < {hi_literal}), "
+            f"EXISTS (SELECT 1 FROM {table} WHERE {symbol} = $1 AND {ts} >= {hi_literal})"
+        )
+        first, goes_on = fetch_all(cur, sql, (self.symbol,))[0]
+        return self._open_time(first), bool(goes_on)
+
+    def _open_time(self, stored: datetime | None) -> datetime | None:
+        """A stored ts as the bar's open time in UTC (a naive column holds UTC)."""
+        if stored is None:
             return None
-        if first.tzinfo is None:  # a naive column holds UTC
-            first = first.replace(tzinfo=UTC)
-        return first.astimezone(UTC) - shift
+        if stored.tzinfo is None:
+            stored = stored.replace(tzinfo=UTC)
+        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
+        return stored.astimezone(UTC) - shift
 
     # -- reading
 
