@@ -293,7 +293,6 @@ def chart_figure(
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 (the extra is there)
         from matplotlib.collections import PolyCollection
         from matplotlib.colors import to_rgba
-        from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(_MISSING_MPL) from exc
@@ -377,34 +376,18 @@ def chart_figure(
 
         if pivots.height:
             marker_size = 22 if bars.height > 600 else 30
-            for kind, marker, colour, sign, label in (
-                ("H", "v", _PIVOT_HIGH, 1.0, "swing high (H)"),
-                ("L", "^", _PIVOT_LOW, -1.0, "swing low (L)"),
-            ):
-                sel = pivots.filter(pl.col("kind") == kind)
-                if sel.height == 0:
-                    continue
-                ax.scatter(
-                    sel.get_column("x").cast(pl.Float64).to_numpy(),
-                    sel.get_column("price").to_numpy() + sign * pad,
-                    marker=marker,
-                    s=marker_size,
-                    color=colour,
-                    edgecolors="white",
-                    linewidths=0.4,
-                    zorder=4,
-                )
-                legend.append(
-                    Line2D(
-                        [],
-                        [],
-                        linestyle="none",
-                        marker=marker,
-                        color=colour,
-                        markersize=6,
-                        label=f"{label} ({sel.height})",
-                    )
-                )
+            legend += _mark_swings(
+                ax,
+                pivots,
+                pad,
+                (_PIVOT_HIGH, "swing high (H)"),
+                (_PIVOT_LOW, "swing low (L)"),
+                "pivots",
+                s=marker_size,
+                edgecolors="white",
+                linewidths=0.4,
+                zorder=4,
+            )
 
     note = None
     if bars.height == 0:
@@ -438,6 +421,48 @@ def chart_figure(
         _legend_above(ax, legend)
     fig.tight_layout()
     return fig
+
+
+def _mark_swings(
+    ax: Axes,
+    marks: pl.DataFrame,
+    pad: float,
+    high: tuple[str, str],
+    low: tuple[str, str],
+    name: str,
+    **style: Any,
+) -> list[Any]:
+    """Mark swing highs (``kind`` H, a down triangle just above ``price``) and lows (L, an up
+    triangle just below) at ``x``, coloured and labelled by ``high``/``low`` (colour, label), each
+    collection named ``_H_<name>``/``_L_<name>`` (hidden from legends); the legend entries of the
+    kinds present, with their counts."""
+    from matplotlib.lines import Line2D
+
+    entries = []
+    for kind, marker, (colour, label), sign in (("H", "v", high, 1.0), ("L", "^", low, -1.0)):
+        sel = marks.filter(pl.col("kind") == kind)
+        if sel.height == 0:
+            continue
+        ax.scatter(
+            sel["x"].cast(pl.Float64).to_numpy(),
+            sel["price"].to_numpy() + sign * pad,
+            marker=marker,
+            color=colour,
+            label=f"_{kind}_{name}",
+            **style,
+        )
+        entries.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker=marker,
+                color=colour,
+                markersize=6,
+                label=f"{label} ({sel.height:,})",
+            )
+        )
+    return entries
 
 
 def _legend_above(ax: Axes, handles: list[Any]) -> None:
@@ -548,7 +573,6 @@ def _overview_figure(
 ) -> Figure:
     """Aggregated candles of ``step`` with every event marked at its C pivot (label ``"overview"``)."""
     import numpy as np
-    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     candles = aggregate_bars(bars, step)
@@ -565,35 +589,18 @@ def _overview_figure(
     ax.set_ylim(lo - 4 * pad, hi + 4 * pad)
     ax.set_xticks(*_time_ticks(candles))
     # Many events share a candle: small translucent marks behind the candles show where they crowd.
-    for kind, marker, colour, sign, label in (
-        ("H", "v", _TRI_C_HIGH, 1.0, "event, C = swing high"),
-        ("L", "^", _TRI_C_LOW, -1.0, "event, C = swing low"),
-    ):
-        sel = marks.filter(pl.col("kind") == kind)
-        if sel.height == 0:
-            continue
-        ax.scatter(
-            sel["x"].cast(pl.Float64).to_numpy(),
-            sel["price"].to_numpy() + sign * pad,
-            marker=marker,
-            s=8,
-            color=colour,
-            alpha=0.3,
-            linewidths=0,
-            zorder=1.5,
-            label=f"_{kind}_events",
-        )
-        legend.append(
-            Line2D(
-                [],
-                [],
-                linestyle="none",
-                marker=marker,
-                color=colour,
-                markersize=6,
-                label=f"{label} ({sel.height:,})",
-            )
-        )
+    legend += _mark_swings(
+        ax,
+        marks,
+        pad,
+        (_TRI_C_HIGH, "event, C = swing high"),
+        (_TRI_C_LOW, "event, C = swing low"),
+        "events",
+        s=8,
+        alpha=0.3,
+        linewidths=0,
+        zorder=1.5,
+    )
     if title is None:
         title = _default_title(bars, events, marks.height, bar_interval)
         title += f"  ·  overview: 1 candle per {_OVERVIEW_STEPS[step]}"
