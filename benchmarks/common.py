@@ -217,6 +217,18 @@ def last_json_line(text: str) -> dict[str, Any]:
     raise ValueError(f"no JSON object in output: {text[-500:]!r}")
 
 
+def replace_marked_section(path: Path, begin: str, end: str, section: str, intro: str) -> None:
+    """Put ``section`` (its own ``begin`` … ``end`` marker lines included) in place of the text
+    between the markers in ``path``; without the markers, append ``intro`` and the section."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + intro + "\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
 # ---------------------------------------------------------------------------- psycopg2
 
 

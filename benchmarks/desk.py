@@ -74,6 +74,7 @@ from benchmarks.common import (
     CpuMeter,
     pg_connect,
     pg_execute,
+    replace_marked_section,
 )
 from benchmarks.results import Cpu
 
@@ -1734,15 +1735,9 @@ def carry_over(result: DeskResult, earlier: DeskResult, source: Path) -> None:
 
 
 def update_readme(readme: Path, block: str) -> None:
-    """Replace the text between the desk markers (appending a section if they are missing)."""
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    """Replace the text between the result markers (appending the section if they are missing)."""
     section = f"{README_BEGIN}\n{block}\n{README_END}"
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        text = head + section + rest.split(README_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## The desk: latest results\n\n" + section + "\n"
-    readme.write_text(text)
+    replace_marked_section(readme, README_BEGIN, README_END, section, "## The desk: latest results\n")
 
 
 def write_outputs(

@@ -39,7 +39,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, README, REPO_ROOT, RESULTS_DIR, machine_info, pg_execute, run_child
+from benchmarks.common import (
+    DATA_DIR,
+    README,
+    REPO_ROOT,
+    RESULTS_DIR,
+    machine_info,
+    pg_execute,
+    replace_marked_section,
+    run_child,
+)
 
 DEFAULT_SCHEMA = "bench_follow"
 SYMBOLS = 24
@@ -335,14 +344,8 @@ def render(results: dict[str, Any]) -> str:
 
 
 def update_readme(text: str, path: Path = README) -> None:
-    readme = path.read_text(encoding="utf-8")
-    if BEGIN in readme and END in readme:
-        head, rest = readme.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        readme = head + text + tail
-    else:
-        readme = readme.rstrip("\n") + "\n\n" + INTRO + "\n" + text + "\n"
-    path.write_text(readme, encoding="utf-8")
+    """Replace the results section (``text`` holds its markers) in the benchmarks README."""
+    replace_marked_section(path, BEGIN, END, text, INTRO)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -49,6 +49,7 @@ from benchmarks.common import (
     machine_info,
     pg_connect,
     pg_execute,
+    replace_marked_section,
     run_child,
 )
 
@@ -348,14 +349,8 @@ def render(results: dict[str, Any]) -> str:
 
 
 def update_readme(text: str, path: Path = README) -> None:
-    readme = path.read_text(encoding="utf-8")
-    if BEGIN in readme and END in readme:
-        head, rest = readme.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        readme = head + text + tail
-    else:
-        readme = readme.rstrip("\n") + "\n\n" + INTRO + "\n" + text + "\n"
-    path.write_text(readme, encoding="utf-8")
+    """Replace the results section (``text`` holds its markers) in the benchmarks README."""
+    replace_marked_section(path, BEGIN, END, text, INTRO)
 
 
 # ---------------------------------------------------------------------------- main
