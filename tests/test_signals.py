@@ -18,25 +18,13 @@ from pathlib import Path
 import polars as pl
 import psutil
 
-from tests.helpers import NQ, Db
+from tests.helpers import NQ, Db, db_command, start_cli
 from triangles_polars import backfill
 from triangles_polars.db import connect
 
 OTHER = "GLBX.MDP3:NQZ5"
 STOP_WITHIN_S = 3.0  # the contract says 1 s; the margin is for a busy test machine
 SMALL = ("--slice-days", "1", "--chunk-events", "10")
-
-
-def command(db: Db, *args: str) -> list[str]:
-    tables = ("--bars-table", db.bars_table, "--events-table", db.events_table)
-    return [sys.executable, "-m", "triangles_polars.cli", *args, "--database-url", db.url, *tables]
-
-
-def start(db: Db, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "TERM": "dumb"}
-    return subprocess.Popen(
-        command(db, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
 
 
 def committed_chunks(db: Db) -> int:
@@ -88,7 +76,7 @@ def assert_consistent(db: Db) -> None:
 
 
 def assert_resumes(db: Db, args: list[str], symbols: str = NQ) -> None:
-    rerun = subprocess.run(command(db, *args, "--json"), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(db_command(db, *args, "--json"), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
     assert summary["chunks_skipped"] > 0 or any(t["status"] == "skipped" for t in summary.get("tasks", []))
@@ -101,7 +89,7 @@ def test_ctrl_c_with_small_slices_exits_130_within_a_second_and_the_rerun_resume
 ) -> None:
     db.load(nq_bars)
     args = ["backfill", NQ, "2025-10-27", "2025-11-28", *SMALL]
-    proc = start(db, *args)
+    proc = start_cli(db, *args)
     wait_for_chunks(db, proc, 5)
     elapsed, out, err = stop(proc, signal.SIGINT)
     assert proc.returncode == 130, err
@@ -120,7 +108,7 @@ def test_ctrl_c_stops_worker_processes_within_a_second(db: Db, nq_bars: pl.DataF
     symbols = [NQ, OTHER, "GLBX.MDP3:NQH6"]
     db.load(pl.concat([nq_bars.with_columns(pl.lit(s).alias("symbol")) for s in symbols]))
     args = ["backfill", ",".join(symbols), "2025-10-27", "2025-11-28", *SMALL, "--jobs", "3"]
-    proc = start(db, *args)
+    proc = start_cli(db, *args)
     wait_for_workers_writing(db, proc, symbols)
     workers = psutil.Process(proc.pid).children()
     assert len([w for w in workers if "spawn_main" in " ".join(w.cmdline())]) == 2
@@ -150,7 +138,7 @@ def wait_for_workers_writing(db: Db, proc: subprocess.Popen[str], symbols: list[
 def test_sigterm_stops_the_same_way_with_exit_143(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(nq_bars)
     args = ["update", NQ, *SMALL]
-    proc = start(db, *args)
+    proc = start_cli(db, *args)
     wait_for_events(db, proc, 50)  # five chunks of ten (an update keeps no ledger: coverage says it)
     elapsed, _out, err = stop(proc, signal.SIGTERM)
     assert proc.returncode == 143, err
@@ -162,7 +150,7 @@ def test_sigterm_stops_the_same_way_with_exit_143(db: Db, nq_bars: pl.DataFrame)
     [(covered_end,)] = db.execute(f"SELECT max(span_end) FROM {db.schema}.triangles_coverage")
     stopped_with = db.events()
     assert stopped_with.height >= 50
-    rerun = subprocess.run(command(db, *args, "--json"), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(db_command(db, *args, "--json"), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     backfill(
         db.settings(
@@ -178,7 +166,7 @@ def test_a_chunk_that_cannot_finish_is_rolled_back_and_the_command_still_stops_i
 ) -> None:
     db.load(nq_bars)
     args = ["backfill", NQ, "2025-10-27", "2025-11-28", *SMALL]
-    proc = start(db, *args)
+    proc = start_cli(db, *args)
     wait_for_chunks(db, proc, 3)
     blocker = connect(db.url)  # holds the events table: the next chunk's delete waits for it
     try:
@@ -199,7 +187,7 @@ def test_a_chunk_that_cannot_finish_is_rolled_back_and_the_command_still_stops_i
 
 def test_a_second_ctrl_c_exits_at_once(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(nq_bars)
-    proc = start(db, "backfill", NQ, "2025-10-27", "2025-11-28", *SMALL)
+    proc = start_cli(db, "backfill", NQ, "2025-10-27", "2025-11-28", *SMALL)
     wait_for_chunks(db, proc, 3)
     blocker = connect(db.url)
     try:
