@@ -244,16 +244,5 @@ def _drop_refused(plan: Any, refused: dict[LockKey, str]) -> None:
             still.append(dataclasses.replace(task, strengths=kept))
             plan.warnings.extend(lines)
         else:
-            span = task.time_range
-            plan.locked.append(
-                TaskResult(
-                    task.symbol,
-                    task.strengths,
-                    span.start.isoformat(),
-                    span.end_exclusive.isoformat(),
-                    status="locked",
-                    exit_code=4,
-                    error=lines[0],
-                )
-            )
+            plan.locked.append(TaskResult.of(task, status="locked", exit_code=4, error=lines[0]))
     plan.to_run = still

@@ -90,10 +90,7 @@ def execute_task(
     source when it was opened ahead (:class:`Prefetch`).
     """
     started = time.perf_counter()
-    span = task.time_range
-    result = TaskResult(
-        task.symbol, task.strengths, span.start.isoformat(), span.end_exclusive.isoformat(), worker=worker
-    )
+    result = TaskResult.of(task, worker=worker)
     try:
         run_task(url, config, task, sessions, progress or Progress(), result, on_chunk, opener)
     except EmptyWindow as empty:

@@ -122,12 +122,8 @@ def _covered(
 
 def skipped_result(task: Task) -> TaskResult:
     """The result of a task whose range is covered already."""
-    span = task.time_range
-    return TaskResult(
-        task.symbol,
-        task.strengths,
-        span.start.isoformat(),
-        span.end_exclusive.isoformat(),
+    return TaskResult.of(
+        task,
         status="skipped",
         triangles_by_strength=dict.fromkeys(task.strengths, 0),
     )

@@ -143,7 +143,6 @@ def collect(ray: Any, ref: Any, task: Task, url: str, max_task_retries: int) -> 
 
 def failed_result(ray: Any, task: Task, exc: BaseException, url: str, max_task_retries: int) -> TaskResult:
     """The result of a task that Ray could not finish: exit 1 (3 for database trouble), one masked line."""
-    span = task.time_range
     cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
     if isinstance(cause, TrianglesError):
         code, text = cause.exit_code, str(cause)
@@ -157,11 +156,8 @@ def failed_result(ray: Any, task: Task, exc: BaseException, url: str, max_task_r
         if hasattr(ray.exceptions, name)
     )
     line = " ".join(redact(text, url).split())
-    return TaskResult(
-        task.symbol,
-        task.strengths,
-        span.start.isoformat(),
-        span.end_exclusive.isoformat(),
+    return TaskResult.of(
+        task,
         status="failed",
         exit_code=code,
         error=line[:MAX_ERROR_CHARS],

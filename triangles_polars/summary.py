@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from triangles_polars.settings import Task
 
 
 @dataclass
@@ -163,6 +166,14 @@ class TaskResult(WriteStats):
     worker: str = ""
     warnings: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, task: Task, **fields: Any) -> TaskResult:
+        """The result of ``task`` (its symbol, strengths and range), with ``fields`` set."""
+        span = task.time_range
+        return cls(
+            task.symbol, task.strengths, span.start.isoformat(), span.end_exclusive.isoformat(), **fields
+        )
 
     @property
     def triangles(self) -> int:
