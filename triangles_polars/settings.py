@@ -336,6 +336,11 @@ class ReadSettings:
     slice_days: int = DEFAULT_SLICE_DAYS
     prefetch: int = DEFAULT_PREFETCH
 
+    @property
+    def stored_shift(self) -> timedelta:
+        """What the stored ts adds to a bar's open time: one interval for the close convention."""
+        return self.interval if self.ts_convention == "close" else timedelta(0)
+
     @classmethod
     def parse(
         cls, ts_convention: str, bar_interval: str | timedelta, reader: str, slice_days: int, prefetch: int

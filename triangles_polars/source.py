@@ -59,7 +59,7 @@ class BarSource:
         The stored ts is shifted for the close convention; ``ordered`` adds ``ORDER BY ts``.
         """
         col = self.tables.columns
-        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
+        shift = self.read.stored_shift
         ts = quote_ident(col["ts"])
         lower = f"{ts} > {self._literal(after + shift)}" if after else f"{ts} >= {self._literal(lo + shift)}"
         prices = ", ".join(f"{quote_ident(col[c])}::float8 AS {c}" for c in ("open", "high", "low", "close"))
@@ -79,8 +79,8 @@ class BarSource:
         if raw.height == 0:
             return pl.DataFrame(schema=DETECT_SCHEMA)
         ts_utc = to_utc(pl.col("ts"), raw.schema["ts"])
-        if self.read.ts_convention == "close":
-            ts_utc = ts_utc - self.read.interval
+        if shift := self.read.stored_shift:  # the close convention: open = close - interval
+            ts_utc = ts_utc - shift
         bars = raw.with_columns(ts_utc.alias("ts")).cast(DETECT_SCHEMA)
         if not bars["ts"].is_sorted():  # an index scan already returns them in order: skip the sort
             bars = bars.sort("ts")
@@ -133,46 +133,33 @@ class BarSource:
         )
         return bool(fetch_all(cur, sql, (self.symbol,))[0][0])
 
-    def has_bar_from(self, cur: Any, instant: datetime) -> bool:
-        """Whether the symbol has a bar opening at or after ``instant`` (one index probe)."""
-        col = self.tables.columns
-        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
-        sql = (
-            f"SELECT EXISTS (SELECT 1 FROM {qualified(*self.tables.bars_parts)} "
-            f"WHERE {quote_ident(col['symbol'])} = $1 AND {quote_ident(col['ts'])} >= {self._literal(instant + shift)})"
+    def _first_bar_sql(self, lo: datetime, hi: datetime) -> str:
+        """SQL for the stored ts of the symbol's first bar opening in ``[lo, hi)`` (one index probe)."""
+        shift = self.read.stored_shift
+        ts, symbol = quote_ident(self.tables.columns["ts"]), quote_ident(self.tables.columns["symbol"])
+        return (
+            f"SELECT min({ts}) FROM {qualified(*self.tables.bars_parts)} WHERE {symbol} = $1 "
+            f"AND {ts} >= {self._literal(lo + shift)} AND {ts} < {self._literal(hi + shift)}"
         )
-        return bool(fetch_all(cur, sql, (self.symbol,))[0][0])
 
     def first_bar(self, cur: Any, lo: datetime, hi: datetime) -> datetime | None:
         """Open time (UTC) of the symbol's first bar in ``[lo, hi)``, or None (one index probe).
 
         Reading starts there: years before a symbol's history are not scanned slice by slice.
         """
-        col = self.tables.columns
-        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
-        ts = quote_ident(col["ts"])
-        sql = (
-            f"SELECT min({ts}) FROM {qualified(*self.tables.bars_parts)} "
-            f"WHERE {quote_ident(col['symbol'])} = $1 "
-            f"AND {ts} >= {self._literal(lo + shift)} AND {ts} < {self._literal(hi + shift)}"
-        )
-        return self._open_time(fetch_all(cur, sql, (self.symbol,))[0][0])
+        return self._open_time(fetch_all(cur, self._first_bar_sql(lo, hi), (self.symbol,))[0][0])
 
     def probe(self, cur: Any, lo: datetime, hi: datetime) -> tuple[datetime | None, bool]:
-        """:meth:`first_bar` in ``[lo, hi)`` and :meth:`has_bar_from` ``hi``, in one round trip
-        (two index probes): what a task needs to know before it reads."""
-        col = self.tables.columns
-        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
-        ts, symbol = quote_ident(col["ts"]), quote_ident(col["symbol"])
-        table = qualified(*self.tables.bars_parts)
-        hi_literal = self._literal(hi + shift)
-        sql = (
-            f"SELECT (SELECT min({ts}) FROM {table} WHERE {symbol} = $1 "
-            f"AND {ts} >= {self._literal(lo + shift)} AND {ts} < {hi_literal}), "
-            f"EXISTS (SELECT 1 FROM {table} WHERE {symbol} = $1 AND {ts} >= {hi_literal})"
+        """:meth:`first_bar` in ``[lo, hi)`` and whether a bar opens at or after ``hi``, in one
+        round trip (two index probes): what a task needs to know before it reads."""
+        ts, symbol = quote_ident(self.tables.columns["ts"]), quote_ident(self.tables.columns["symbol"])
+        goes_on = (
+            f"EXISTS (SELECT 1 FROM {qualified(*self.tables.bars_parts)} WHERE {symbol} = $1 "
+            f"AND {ts} >= {self._literal(hi + self.read.stored_shift)})"
         )
-        first, goes_on = fetch_all(cur, sql, (self.symbol,))[0]
-        return self._open_time(first), bool(goes_on)
+        sql = f"SELECT ({self._first_bar_sql(lo, hi)}), {goes_on}"
+        first, goes_on_found = fetch_all(cur, sql, (self.symbol,))[0]
+        return self._open_time(first), bool(goes_on_found)
 
     def _open_time(self, stored: datetime | None) -> datetime | None:
         """A stored ts as the bar's open time in UTC (a naive column holds UTC)."""
@@ -180,7 +167,7 @@ class BarSource:
             return None
         if stored.tzinfo is None:
             stored = stored.replace(tzinfo=UTC)
-        shift = self.read.interval if self.read.ts_convention == "close" else timedelta(0)
+        shift = self.read.stored_shift
         return stored.astimezone(UTC) - shift
 
     # -- reading

@@ -168,8 +168,7 @@ def bar_extents(cur: Any, settings: BackfillSettings, symbols: list[str]) -> dic
             FROM unnest($1::text[]) AS s(name)""",
         (symbols,),
     )
-    # The close convention stores close times: the open is one interval earlier.
-    shift = read.interval if read.ts_convention == "close" else timedelta(0)
+    shift = read.stored_shift  # the close convention stores close times
     return {
         name: Extent(_utc(first) - shift, _utc(last) - shift + read.interval)
         for name, first, last in rows
