@@ -9,6 +9,7 @@ in a thread of its own while the main thread handles the signals (:mod:`triangle
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -519,6 +520,12 @@ def server_stop() -> None:
         typer.echo("stopped" if stop_server() else "not running")
 
 
+@functools.cache
+def _command() -> Any:
+    """The click command of ``app``, built once: typer rebuilds it from the signatures on every call."""
+    return typer.main.get_command(app)
+
+
 def run(argv: list[str]) -> int:
     """Run one command line as the console script does, minus signal handling; returns the exit code.
 
@@ -527,7 +534,7 @@ def run(argv: list[str]) -> int:
     global _ARGV
     _ARGV = list(argv)
     try:
-        result = app(args=opt.optional_values(argv), prog_name="triangles", standalone_mode=False)
+        result = _command().main(args=opt.optional_values(argv), prog_name="triangles", standalone_mode=False)
     except Exception as exc:
         # Usage errors (click's UsageError, bundled or not): one line and their exit code (2);
         # click would print the usage and the raw arguments.
