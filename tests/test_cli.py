@@ -207,7 +207,7 @@ def test_unreachable_database_exit_3_and_password_never_shown(tmp_path: Path) ->
     )
     assert_one_line_error(result, 3, "unreachable")
     assert "s3cr3t-pw" not in result.stderr + result.stdout
-    env_result = run_cli(
+    env_result = run_cli_in_process(  # the console script itself is run just above
         "backfill", NQ, "2025-11-03", "2025-11-03", "--max-retries", "0", env={"TRIANGLES_DATABASE_URL": url}
     )
     assert_one_line_error(env_result, 3, "unreachable")
@@ -230,7 +230,7 @@ def test_password_masked_in_json_summary(loaded: Db) -> None:
 
 
 def test_help_has_examples() -> None:
-    result = run_cli("backfill", "--help")
+    result = run_cli_in_process("backfill", "--help")
     assert result.returncode == 0
     assert "triangles backfill GLBX.MDP3:NQ 2025-12-02 2025-12-02 5" in result.stdout
     assert "--chunk-events" in result.stdout and "PURGE" in result.stdout
@@ -241,8 +241,7 @@ def test_version_is_the_installed_distribution_version() -> None:
 
     import triangles_polars
 
-    for flag in ("--version", "-V"):
-        result = run_cli(flag)
+    for result in (run_cli("--version"), run_cli_in_process("-V")):
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"triangles {version('triangles-polars')}\n"
     assert version("triangles-polars") == triangles_polars.__version__
