@@ -5,8 +5,8 @@ nothing on stdout, and that nothing was written (the test's events schema stays 
 existing table keeps its rows; after SQL-injection attempts the bars table still holds all its
 rows). The cases of ``tests/test_cli.py`` are not repeated here.
 
-Most cases run the ``triangles`` Typer app in-process (:func:`invoke`: the same command and the
-same error guard, without the ~0.6 s start-up of a new interpreter), which keeps the catalogue fast.
+Most cases run the ``triangles`` command line in-process (:func:`invoke`: the console script's own
+path, without the ~0.6 s start-up of a new interpreter), which keeps the catalogue fast.
 The cases where the process matters (database URLs, passwords, connection failures) and the
 backfill under a symbol full of SQL run the real console script (:func:`tests.helpers.run_cli`).
 """
@@ -16,33 +16,20 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 import pytest
-from typer.testing import CliRunner
 
-from tests.helpers import NQ, Db, Server, assert_one_line_error, run_cli, run_cli_in_process
-from triangles_polars.cli import app
+from tests.helpers import NQ, Db, InProcessOutcome, Server, assert_one_line_error, run_cli, run_cli_in_process
 
 DAY = "2025-11-03"
 
 
-@dataclass
-class Outcome:
-    """What a CLI run left behind (the shape ``assert_one_line_error`` reads)."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def invoke(*args: str) -> Outcome:
-    """``triangles backfill ARGS`` through the Typer app in-process."""
-    result = CliRunner().invoke(app, ["backfill", *args], env={"PURGE": None})
-    return Outcome(result.exit_code, result.stdout, result.stderr)
+def invoke(*args: str) -> InProcessOutcome:
+    """``triangles backfill ARGS`` in-process, through the console script's own path."""
+    return run_cli_in_process("backfill", *args)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,24 +20,15 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from tests.helpers import NQ, Db, assert_one_line_error, make_db, run_cli
+from tests.helpers import NQ, Db, assert_one_line_error, make_db, run_cli, run_cli_in_process
 from triangles_polars import backfill
-from triangles_polars.cli import app
 from triangles_polars.errors import BadInput
 from triangles_polars.update import UpdateSettings, update
 
 MINUTE = timedelta(minutes=1)
 FIRST_DAY, LAST_DAY = "2025-10-20", "2025-11-30"  # the nq_bars fixture's days
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-@dataclass
-class Outcome:
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 def utc(text: str) -> datetime:
@@ -240,8 +230,7 @@ def test_bad_input_is_one_line_and_exit_2(db: Db, nq_bars: pl.DataFrame) -> None
         (["--notify", "bars"], "--notify"),
         (["--lookback", "2h", "--mode", "append"], "--lookback"),
     ):
-        result = CliRunner().invoke(app, ["update", NQ, *args, *common])
-        assert_one_line_error(Outcome(result.exit_code, result.stdout, result.stderr), 2, needle)
+        assert_one_line_error(run_cli_in_process("update", NQ, *args, *common), 2, needle)
     assert db.execute("SELECT to_regclass($1) IS NULL", (db.events_table,))[0][0]  # nothing written
 
 
