@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from triangles_polars import options as opt
-from triangles_polars.errors import BadInput, TrianglesError
+from triangles_polars.allocator import limit_malloc_arenas_unless_chosen
+
+# First, before Polars is imported (options -> settings) and starts threads: this process runs
+# tasks, and glibc's per-thread malloc arenas would grow it with every task (allocator's docstring).
+CAPPED_MALLOC_ARENAS = limit_malloc_arenas_unless_chosen()
+
+from triangles_polars import options as opt  # noqa: E402
+from triangles_polars.errors import BadInput, TrianglesError  # noqa: E402
 
 if TYPE_CHECKING:
     from triangles_polars.progress import BarProgress

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -22,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from triangles_polars.allocator import MALLOC_ARENAS, arena_limit_chosen
 from triangles_polars.settings import BackfillSettings, RunConfig, Task
 from triangles_polars.summary import Progress, TaskResult
 
@@ -77,7 +77,6 @@ class _Local:
     ) -> None:
         from triangles_polars.db import SessionPool
 
-        limit_malloc_arenas()  # this process runs tasks too
         self.url, self.config, self.progress, self.on_chunk = url, config, progress, on_chunk
         self.sessions = SessionPool(url)
         self.ahead: tuple[Task, Any] | None = None  # (the next task, its Prefetch)
@@ -288,8 +287,11 @@ class _Feeder(threading.Thread):
 @contextlib.contextmanager
 def _worker_environment(threads: int) -> Iterator[None]:
     """Workers inherit the environment at start: give each its share of Polars' threads, and
-    glibc's malloc its arena limit from the first allocation on (see :func:`limit_malloc_arenas`)."""
-    wanted = {"POLARS_MAX_THREADS": str(threads), "MALLOC_ARENA_MAX": str(MALLOC_ARENAS)}
+    glibc's malloc its arena limit from the first allocation on (:mod:`triangles_polars.allocator`;
+    this process capped its own when it imported the package), unless the environment chose one."""
+    wanted = {"POLARS_MAX_THREADS": str(threads)}
+    if not arena_limit_chosen():
+        wanted["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)
     before = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:
@@ -300,20 +302,6 @@ def _worker_environment(threads: int) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-# glibc's malloc gives a thread that finds the arenas busy a new one, up to 8 per core, and hands
-# little of their memory back: a process whose tasks each start a reader and a writer thread grew
-# with the tasks it ran (peak RSS per worker 1.28x from 6 to 24 symbols). Two arenas keep it flat.
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
-    """Cap glibc's malloc arenas in this process (for the ones it creates from now on); a C
-    library without ``mallopt`` (macOS) is left as it is."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
 
 
 # ---------------------------------------------------------------------------- inside a worker process
@@ -329,7 +317,6 @@ def _start_worker(url: str, commits: Any = None) -> None:
     from triangles_polars import signals
     from triangles_polars.db import SessionPool
 
-    limit_malloc_arenas()
     _WORKER.update(url=url, sessions=SessionPool(url), busy=False, interrupted=False)
     atexit.register(_WORKER["sessions"].close)  # not left to the garbage collector at exit
     signals.install_worker_handlers(_on_sigint)
