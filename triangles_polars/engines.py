@@ -288,7 +288,8 @@ class _Feeder(threading.Thread):
 def _worker_environment(threads: int) -> Iterator[None]:
     """Workers inherit the environment at start: give each its share of Polars' threads, and
     glibc's malloc its arena limit from the first allocation on (:mod:`triangles_polars.allocator`;
-    this process capped its own when it imported the package), unless the environment chose one."""
+    the console script capped its own process before importing Polars), unless the environment
+    chose one."""
     wanted = {"POLARS_MAX_THREADS": str(threads)}
     if not arena_limit_chosen():
         wanted["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)
