@@ -414,7 +414,7 @@ def test_local_ray_for_the_run_on_loopback_only_ctrl_c_stops_it_and_the_same_com
         proc.send_signal(signal.SIGINT)  # a chunk is committed: tasks are running
         stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
-    assert time.monotonic() - interrupted < 5  # cancel, then the local Ray's own shutdown (~1.5 s)
+    assert time.monotonic() - interrupted < 5  # the local Ray's own shutdown (~1.5 s)
     assert "committed" in stderr and stdout == ""
     assert listening, "the local Ray was never seen listening"
     assert {ip for ip, _ in listening} <= {LOOPBACK, "::1"}, listening

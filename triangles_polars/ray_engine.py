@@ -14,9 +14,14 @@
   machine's cores, at most the number of tasks) are in flight, so the connection budget checked
   by the planner holds; each worker keeps its database sessions across consecutive tasks and
   closes them after :data:`IDLE_CLOSE_S` without one.
-* **Stopping.** A stop (Ctrl-C, SIGTERM: :mod:`triangles_polars.signals`) cancels every task in
-  flight (each ends its chunk whole, or the chunk rolls back) and re-raises; the processes of the
-  run's own local Ray are the command's children, killed if it must end at once.
+* **Stopping.** A stop (Ctrl-C, SIGTERM: :mod:`triangles_polars.signals`) re-raises at once and
+  the driver leaves Ray: a local Ray started for the run is shut down, and a cluster ends the
+  job's tasks when its driver goes. A task's chunk in flight then rolls back whole (its
+  transaction dies with its connection); what was committed stays, and the same command resumes
+  after it. No ``ray.cancel``: cancelling a task whose reply is on its way crashes Ray's driver
+  (a ``RAY_CHECK`` in its task manager, seen on Ray 2.60 under load), so Ctrl-C could end with a
+  Ray crash instead of exit 130. The processes of the run's own local Ray are the command's
+  children, killed if it must end at once.
 * **The password.** The database URL goes into the object store once (``ray.put``); tasks get an
   object reference, never the URL, as an argument. Task names hold the symbol and range only,
   the runtime environment only ``POLARS_MAX_THREADS``, the job's recorded entrypoint (the
@@ -51,7 +56,6 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 DEFAULT_GCS_PORT = 6379
 DEFAULT_CLIENT_PORT = 10001
 IDLE_CLOSE_S = 2.0  # a worker closes its database sessions after this long without a task
-CANCEL_GRACE_S = 0.5  # after Ctrl-C, how long the driver waits for cancelled tasks to end
 WAIT_TICK_S = 0.25  # the driver's wait for results wakes this often (Ctrl-C is seen then)
 MAX_ERROR_CHARS = 300
 
@@ -76,8 +80,8 @@ def run_on_ray(
     """Run every task as a Ray task; one :class:`TaskResult` per task, in completion order.
 
     A task that Ray could not finish (its retries ran out, its worker crashed, it raised) is a
-    ``failed`` result with a masked one-line error. Ctrl-C cancels every task in flight (each
-    chunk in flight commits or rolls back whole) and re-raises :class:`KeyboardInterrupt`.
+    ``failed`` result with a masked one-line error. Ctrl-C re-raises :class:`KeyboardInterrupt`;
+    leaving Ray ends the tasks in flight (each chunk in flight rolls back whole).
     """
     from triangles_polars import signals
     from triangles_polars.engines import task_span_s
@@ -99,23 +103,20 @@ def run_on_ray(
         remote = ray.remote(_ray_task)
         url_ref, config_ref = ray.put(url), ray.put(config)
         queue, pending, results = list(tasks), {}, []
-        try:
-            while queue or pending:
-                signals.check()  # a stop request that raised nothing here (a cooperative caller)
-                while queue and len(pending) < jobs:
-                    task = queue.pop(0)
-                    ref = remote.options(name=task_name(task), **options).remote(url_ref, config_ref, task)
-                    pending[ref] = task
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_TICK_S)
-                for ref in done:
-                    task = pending.pop(ref)
-                    result = collect(ray, ref, task, url, settings.max_task_retries)
-                    signals.note_commit(result.commits)  # for the "N chunks committed" line of a stop
-                    progress.task_done(result, task_span_s(task))
-                    results.append(result)
-        except KeyboardInterrupt:
-            cancel(ray, list(pending))
-            raise
+        # Ctrl-C raises out of this loop: leaving the session ends the tasks in flight (module docstring).
+        while queue or pending:
+            signals.check()  # a stop request that raised nothing here (a cooperative caller)
+            while queue and len(pending) < jobs:
+                task = queue.pop(0)
+                ref = remote.options(name=task_name(task), **options).remote(url_ref, config_ref, task)
+                pending[ref] = task
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_TICK_S)
+            for ref in done:
+                task = pending.pop(ref)
+                result = collect(ray, ref, task, url, settings.max_task_retries)
+                signals.note_commit(result.commits)  # for the "N chunks committed" line of a stop
+                progress.task_done(result, task_span_s(task))
+                results.append(result)
     return results
 
 
@@ -177,16 +178,6 @@ def _error_for(result: TaskResult) -> TrianglesError:
 
     kind = {2: BadInput, 3: DatabaseUnavailable, 4: Locked}.get(result.exit_code, TrianglesError)
     return kind(result.error or "task failed")
-
-
-def cancel(ray: Any, refs: list[Any]) -> None:
-    """Ctrl-C: cancel every task in flight (no force: each ends its chunk whole), wait a moment."""
-    for ref in refs:
-        with contextlib.suppress(Exception):
-            ray.cancel(ref, force=False)
-    if refs:
-        with contextlib.suppress(Exception):
-            ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
 
 
 # ---------------------------------------------------------------------------- the cluster
