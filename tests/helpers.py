@@ -124,6 +124,49 @@ def run_cli(
     )
 
 
+def run_on_a_terminal(
+    *args: str, env: dict[str, str] | None = None, columns: int = 160, timeout: float = 120
+) -> tuple[int, str]:
+    """The real console script with stdout and stderr on a pseudo-terminal: its exit code and the
+    screen as a user sees it (ANSI codes included). No database URL or PURGE leaks in from the
+    environment; ``env`` is added."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TRIANGLES_DATABASE_URL", "PURGE")
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "triangles_polars.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env={**base, "TERM": "xterm-256color", "COLUMNS": str(columns), **(env or {})},
+    )
+    os.close(slave)
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the command exited and closed the terminal
+                    break
+                if not data:
+                    break
+                output += data
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=10), output.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
 def db_command(db: Db, *args: str) -> list[str]:
     """The ``triangles`` command line ``args`` on ``db``'s server, bars and events tables."""
     tables = ("--bars-table", db.bars_table, "--events-table", db.events_table)

@@ -8,7 +8,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.helpers import NQ, Db, Server, assert_one_line_error, run_cli, run_cli_in_process
+from tests.helpers import (
+    NQ,
+    Db,
+    Server,
+    assert_one_line_error,
+    run_cli,
+    run_cli_in_process,
+    run_on_a_terminal,
+)
 
 REQUIRED_JSON_KEYS = {
     "bars_processed",
@@ -376,53 +384,19 @@ def test_backfill_help_shows_the_derived_defaults() -> None:
 # ---------------------------------------------------------------------------- retries on a terminal
 
 
-def run_on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """The real console script with stdout and stderr on a pseudo-terminal; the screen, ANSI codes removed."""
-    import os
-    import pty
+def screen_on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """:func:`tests.helpers.run_on_a_terminal` within 60 s, its screen with the ANSI codes removed."""
     import re
-    import select
-    import subprocess
-    import sys
-    import time
 
-    master, slave = pty.openpty()
-    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TRIANGLES_DATABASE_URL")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "triangles_polars.cli", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=slave,
-        env={**base, "TERM": "xterm-256color", "COLUMNS": "200", **(env or {})},
-    )
-    os.close(slave)
-    output = bytearray()
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # the command exited and closed the terminal
-                    break
-                if not data:
-                    break
-                output += data
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(timeout=10)
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))
+    code, screen = run_on_a_terminal(*args, env=env, columns=200, timeout=60)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
 
 
 UNREACHABLE = "postgresql://trader:Unreach4ble-pw@127.0.0.1:1/market"  # nothing listens on port 1
 
 
 def test_retries_are_told_on_a_terminal_with_how_to_wait_less() -> None:
-    code, screen = run_on_a_terminal(
+    code, screen = screen_on_a_terminal(
         "backfill", NQ, "2025-11-03", "2025-11-03", "--database-url", UNREACHABLE,
         "--max-retries", "2", "--backoff", "0.2",
     )  # fmt: skip
@@ -435,7 +409,7 @@ def test_retries_are_told_on_a_terminal_with_how_to_wait_less() -> None:
 
 
 def test_retries_are_not_told_with_quiet_and_the_env_var_shortens_them() -> None:
-    code, screen = run_on_a_terminal(
+    code, screen = screen_on_a_terminal(
         "export", NQ, "2025-11-03", "2025-11-03", "--out", "/nonexistent", "--database-url", UNREACHABLE,
         env={"TRIANGLES_MAX_RETRIES": "1"},
     )  # fmt: skip
@@ -443,7 +417,7 @@ def test_retries_are_not_told_with_quiet_and_the_env_var_shortens_them() -> None
     assert code == 3, screen
     assert "retry 1/1 in 0.5 s" in screen and "to give up at once: TRIANGLES_MAX_RETRIES=0" in screen
     assert "--max-retries" not in screen
-    quiet = run_on_a_terminal(
+    quiet = screen_on_a_terminal(
         "backfill", NQ, "2025-11-03", "2025-11-03", "--database-url", UNREACHABLE, "--quiet",
         "--max-retries", "1", "--backoff", "0.05",
     )  # fmt: skip

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import subprocess
 import sys
 import time
@@ -35,7 +34,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import NQ, InProcessOutcome, Server, assert_one_line_error, run_cli_in_process
+from tests.helpers import (
+    NQ,
+    InProcessOutcome,
+    Server,
+    assert_one_line_error,
+    run_cli_in_process,
+    run_on_a_terminal,
+)
 from triangles_polars.embedded import start_server, stop_server
 
 # The tests on the module's own password-protected server (the ``secured`` fixture) reach a
@@ -194,41 +200,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def cli_on_a_terminal(*args: str) -> tuple[int, str]:
-    """The command with stdout and stderr on a pseudo-terminal: progress bar and summary as a user sees them."""
-    import pty
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "triangles_polars.cli", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=slave,
-        env=clean_env(TERM="xterm-256color", COLUMNS="160"),
-    )
-    os.close(slave)
-    output = bytearray()
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the command exited and closed the terminal
-                    break
-                if not data:
-                    break
-                output += data
-            elif proc.poll() is not None:
-                break
-        return proc.wait(timeout=10), output.decode(errors="replace")
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-
-
 def assert_no_secret(*texts: str) -> None:
     for text in texts:
         for secret in SECRETS:
@@ -292,7 +263,7 @@ def test_readme_least_privilege_role_backfills_replace_append_purge(secured: Sec
     args = ["backfill", NQ, START, END, "--database-url", url, "--bars-table", BARS, "--events-table", EVENTS]
 
     # replace (the default), on a terminal: progress bar and human summary
-    code, screen = cli_on_a_terminal(*args)
+    code, screen = run_on_a_terminal(*args)
     assert code == 0, screen
     assert_no_secret(screen)
     assert (
