@@ -6,6 +6,7 @@ the floor), so it imports neither Polars nor ``triangles_polars`` at module leve
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -227,6 +228,49 @@ def replace_marked_section(path: Path, begin: str, end: str, section: str, intro
     else:
         text = text.rstrip("\n") + "\n\n" + intro + "\n" + section + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- the server
+
+DEFAULT_PGDATA = DATA_DIR / "pgdata"
+DEFAULT_YEARS = (
+    1,
+    4,
+    16,
+)  # the suite's sizes of history (years ending 2025-12-31), compared across revisions too
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, *, schema: str, schema_help: str) -> None:
+    """``--database-url``, ``--pgdata`` and ``--schema``: the options every benchmark shares."""
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL to benchmark on (default: an embedded server with its data in "
+        "benchmarks/.data/pgdata, started if needed and left running)",
+    )
+    parser.add_argument(
+        "--pgdata",
+        type=Path,
+        default=DEFAULT_PGDATA,
+        help="data folder of the embedded server (default: benchmarks/.data/pgdata)",
+    )
+    parser.add_argument("--schema", default=schema, help=f"{schema_help} (default: {schema})")
+
+
+def resolve_server(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The database URL (``--database-url``, else the embedded server in ``--pgdata``, started if
+    needed), and what the results record of the server: no password and no local path (the URL
+    masked and without its query, where a socket folder would be; the data folder only inside the
+    repository)."""
+    from triangles_polars.masking import mask_url
+
+    if args.database_url:
+        return args.database_url, {"kind": "external", "url": mask_url(args.database_url).split("?")[0]}
+    from triangles_polars.embedded import start_server
+
+    url = start_server(args.pgdata)
+    pgdata = args.pgdata.resolve()
+    shown = pgdata.relative_to(REPO_ROOT) if pgdata.is_relative_to(REPO_ROOT) else Path("<elsewhere>")
+    return url, {"kind": "embedded", "pgdata": shown.as_posix()}
 
 
 # ---------------------------------------------------------------------------- psycopg2

@@ -39,21 +39,23 @@ from typing import Any
 
 from benchmarks.common import (
     DATA_DIR,
+    DEFAULT_YEARS,
     EVENT_COLUMNS,
     REPO_ROOT,
     RESULTS_DIR,
     STRENGTH,
     SYMBOL,
     Size,
+    add_server_arguments,
     last_json_line,
     machine_info,
     pg_execute,
+    resolve_server,
     table,
 )
 
 DEFAULT_BEFORE = "a36722a"  # the last commit before the package was split into one module per concept
 DEFAULT_AFTER = "HEAD"
-DEFAULT_YEARS = (1, 4, 16)
 SHOWN_DIFFERENCES = 20  # differing rows kept in the result, per side
 RUN_TIMEOUT_S = 4 * 3600.0
 
@@ -320,13 +322,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("basic", "full"),
         help="hygiene profile given to both revisions (default: none given, each uses its own default)",
     )
-    parser.add_argument("--database-url", help="PostgreSQL to use (default: the suite's embedded server)")
-    parser.add_argument(
-        "--pgdata", type=Path, default=DATA_DIR / "pgdata", help="the embedded server's data folder"
-    )
-    parser.add_argument(
-        "--schema", default="bench", help="schema of the bars and events tables (default: bench)"
-    )
+    add_server_arguments(parser, schema="bench", schema_help="schema of the bars and events tables")
     parser.add_argument(
         "--out", type=Path, default=None, help="folder of the result JSON (default: benchmarks/results)"
     )
@@ -345,14 +341,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from benchmarks.workloads import ensure_schema, ensure_workload
-    from triangles_polars.masking import mask_url
 
-    if args.database_url:
-        url, server = args.database_url, {"kind": "external", "url": mask_url(args.database_url)}
-    else:
-        from triangles_polars.embedded import start_server
-
-        url, server = start_server(args.pgdata), {"kind": "embedded"}
+    url, server = resolve_server(args)
     sizes = (
         [Size.of_days(d) for d in args.days]
         if args.days

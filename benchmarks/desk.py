@@ -72,9 +72,11 @@ from benchmarks.common import (
     RESULTS_DIR,
     URL_ENV,
     CpuMeter,
+    add_server_arguments,
     pg_connect,
     pg_execute,
     replace_marked_section,
+    resolve_server,
 )
 from benchmarks.results import Cpu
 
@@ -1153,12 +1155,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fixed-days", type=int, default=5, help="days of 1-day tasks for the fixed cost (5)"
     )
     parser.add_argument("--contenders", nargs="+", choices=(*CONTENDERS, *EXTRAS), default=None)
-    parser.add_argument("--database-url", help="PostgreSQL to use (default: the embedded server)")
-    parser.add_argument("--pgdata", type=Path, default=DATA_DIR / "pgdata")
-    parser.add_argument(
-        "--schema",
-        default="desk",
-        help="schema of the bars table (default desk); each contender writes into <schema>_<contender>",
+    add_server_arguments(
+        parser,
+        schema="desk",
+        schema_help="schema of the bars table; each contender writes into <schema>_<contender>",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of the JSON and chart")
     parser.add_argument("--readme", type=Path, default=README, help="README whose desk section is rewritten")
@@ -1202,19 +1202,6 @@ def shown_argv(argv: list[str]) -> list[str]:
             )
         out.append(arg)
     return out
-
-
-def resolve_server(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    from triangles_polars.masking import mask_url
-
-    if args.database_url:  # recorded masked, without its query (a socket folder is a local path)
-        return args.database_url, {"kind": "external", "url": mask_url(args.database_url).split("?")[0]}
-    from triangles_polars.embedded import start_server
-
-    url = start_server(args.pgdata)
-    pgdata = args.pgdata.resolve()
-    shown = pgdata.relative_to(REPO_ROOT) if pgdata.is_relative_to(REPO_ROOT) else Path("<elsewhere>")
-    return url, {"kind": "embedded", "pgdata": shown.as_posix()}
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> DeskResult:

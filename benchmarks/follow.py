@@ -40,13 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    DATA_DIR,
     README,
     REPO_ROOT,
     RESULTS_DIR,
+    add_server_arguments,
     machine_info,
     pg_execute,
     replace_marked_section,
+    resolve_server,
     run_child,
 )
 
@@ -355,9 +356,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pace-ms", type=float, default=40.0, help="ms between two bars (default 40)")
     parser.add_argument("--parts", nargs="+", choices=("daily", "follow"), default=["daily", "follow"])
     parser.add_argument("--quick", action="store_true", help="a smoke test: small, no README, no result file")
-    parser.add_argument("--database-url", help="server to use (default: the embedded one in --pgdata)")
-    parser.add_argument("--pgdata", type=Path, default=DATA_DIR / "pgdata")
-    parser.add_argument("--schema", default=DEFAULT_SCHEMA)
+    add_server_arguments(parser, schema=DEFAULT_SCHEMA, schema_help="schema of the tables")
     parser.add_argument("--readme", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
@@ -365,12 +364,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.database_url:
-        url = args.database_url
-    else:
-        from triangles_polars.embedded import start_server
-
-        url = start_server(args.pgdata)
+    url, _server = resolve_server(args)
     repeat, events = (1, 20) if args.quick else (args.repeat, args.events)
     tick = time.perf_counter()
     results: dict[str, Any] = {

@@ -46,10 +46,12 @@ from benchmarks.common import (
     SYMBOL,
     CpuMeter,
     Size,
+    add_server_arguments,
     machine_info,
     pg_connect,
     pg_execute,
     replace_marked_section,
+    resolve_server,
     run_child,
 )
 
@@ -365,11 +367,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure, median reported (default 1)")
     parser.add_argument("--quick", action="store_true", help="a few days of history: a smoke test")
-    parser.add_argument("--database-url", help="server to use (default: the embedded one in --pgdata)")
-    parser.add_argument("--pgdata", type=Path, default=DATA_DIR / "pgdata")
-    parser.add_argument(
-        "--schema", default=DEFAULT_SCHEMA, help=f"schema of the tables (default {DEFAULT_SCHEMA})"
-    )
+    add_server_arguments(parser, schema=DEFAULT_SCHEMA, schema_help="schema of the tables")
     parser.add_argument("--readme", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
@@ -377,12 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.database_url:
-        url = args.database_url
-    else:
-        from triangles_polars.embedded import start_server
-
-        url = start_server(args.pgdata)
+    url, _server = resolve_server(args)
     pg_execute(url, f"CREATE SCHEMA IF NOT EXISTS {args.schema}")
     if args.quick:
         large, small = Size.of_days(6), Size.of_days(3)

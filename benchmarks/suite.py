@@ -29,17 +29,19 @@ from benchmarks.common import (
     DAILY_ANCHOR,
     DAILY_DAY,
     DATA_DIR,
+    DEFAULT_YEARS,
     EVENT_COLUMNS,
     README,
-    REPO_ROOT,
     RESULTS_DIR,
     STRENGTH,
     SYMBOL,
     URL_ENV,
     Size,
+    add_server_arguments,
     last_json_line,
     machine_info,
     pg_execute,
+    resolve_server,
     run_child,
     table,
 )
@@ -47,7 +49,6 @@ from benchmarks.results import PRODUCTS, Check, DailyResult, DailyRun, RunResult
 
 ALL_CONTENDERS = ("product", "product_adbc", "floor", "baseline", "daily")
 QUICK_SIZES = (Size.of_days(14), Size.of_days(42))
-DEFAULT_YEARS = (1, 4, 16)
 WORKER_TIMEOUT_S = 4 * 3600.0
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
@@ -78,20 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="tiny sizes (14 and 42 days), one repetition, two 1-day runs: a smoke test in seconds",
     )
-    parser.add_argument(
-        "--database-url",
-        help="PostgreSQL to benchmark on (default: an embedded server with its data in "
-        "benchmarks/.data/pgdata, started if needed and left running)",
-    )
-    parser.add_argument(
-        "--pgdata",
-        type=Path,
-        default=DATA_DIR / "pgdata",
-        help="data folder of the embedded server (default: benchmarks/.data/pgdata)",
-    )
-    parser.add_argument(
-        "--schema", default="bench", help="schema of the bars and events tables (default: bench)"
-    )
+    add_server_arguments(parser, schema="bench", schema_help="schema of the bars and events tables")
     parser.add_argument(
         "--contenders",
         nargs="+",
@@ -160,20 +148,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------- server
-
-
-def resolve_server(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The database URL, and what the results record of the server (no password, no local path)."""
-    from triangles_polars.masking import mask_url
-
-    if args.database_url:
-        return args.database_url, {"kind": "external", "url": mask_url(args.database_url)}
-    from triangles_polars.embedded import start_server
-
-    url = start_server(args.pgdata)
-    pgdata = args.pgdata.resolve()
-    shown = pgdata.relative_to(REPO_ROOT) if pgdata.is_relative_to(REPO_ROOT) else Path("<elsewhere>")
-    return url, {"kind": "embedded", "pgdata": shown.as_posix()}
 
 
 def checkpoint(url: str) -> None:
