@@ -124,6 +124,11 @@ def run_cli(
     )
 
 
+def scalar(url: str, sql: str) -> Any:
+    """The one value ``sql`` returns on the server at ``url``."""
+    return Server(url, None).execute(sql)[0][0]
+
+
 def run_on_a_terminal(
     *args: str, env: dict[str, str] | None = None, columns: int = 160, timeout: float = 120
 ) -> tuple[int, str]:

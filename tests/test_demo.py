@@ -25,9 +25,8 @@ import pyarrow.dataset as ds
 import pytest
 from rich.console import Console
 
-from tests.helpers import Db, run_cli
+from tests.helpers import Db, run_cli, scalar
 from triangles_polars import backfill
-from triangles_polars.db import connect
 from triangles_polars.progress import BarProgress, ProgressView
 
 # Every test here runs the demo, which starts the embedded server of its TRIANGLES_HOME.
@@ -55,16 +54,6 @@ def demo_url(env: dict[str, str]) -> str:
     assert url.startswith("postgresql://"), url
     assert env["TRIANGLES_HOME"] in url  # the server of this TRIANGLES_HOME, not another one
     return url
-
-
-def scalar(url: str, sql: str) -> int:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
 
 
 def counts(url: str) -> tuple[int, int]:

