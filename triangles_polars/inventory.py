@@ -12,12 +12,13 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from triangles_polars.catalog import is_pattern, loose_index_scan, split_symbols
 from triangles_polars.db import Session, fetch_all, qualified, quote_ident, table_exists
 from triangles_polars.errors import BadInput
+from triangles_polars.schema import instant_utc
 from triangles_polars.settings import DEFAULT_BARS_TABLE, DEFAULT_EVENTS_TABLE, Tables, split_table_name
 
 INVENTORY_NAME = "triangles_inventory"
@@ -81,11 +82,6 @@ def matches(symbol: str, spec: str | None) -> bool:
     )
 
 
-def _utc(value: datetime) -> datetime:
-    """A timestamp as UTC (a ``timestamp`` column without time zone holds UTC)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 # ---------------------------------------------------------------------------- queries (one cursor)
 
 
@@ -117,7 +113,8 @@ def bar_series(
         (symbols,),
     )
     return [
-        BarSeries(s, _utc(first), _utc(last), None if n is None else int(n)) for s, first, last, n in rows
+        BarSeries(s, instant_utc(first), instant_utc(last), None if n is None else int(n))
+        for s, first, last, n in rows
     ]
 
 
@@ -146,7 +143,7 @@ def event_series(
         ([s for s, _ in keys], [int(k) for _, k in keys]),
     )
     return [
-        EventSeries(s, int(k), _utc(first), _utc(last), None if n is None else int(n))
+        EventSeries(s, int(k), instant_utc(first), instant_utc(last), None if n is None else int(n))
         for s, k, first, last, n in rows
     ]
 

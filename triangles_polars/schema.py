@@ -7,6 +7,8 @@ from them, so the frames and the tables cannot drift apart. See ``docs/contract.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import polars as pl
 
 from triangles_polars.db import qualified, quote_ident
@@ -95,6 +97,15 @@ def bars_table_ddl(schema: str | None, table: str) -> str:
         for c, t in BAR_SQL_TYPES.items()
     )
     return f"CREATE TABLE IF NOT EXISTS {qualified(schema, table)} ({cols}, PRIMARY KEY (symbol, ts))"
+
+
+def instant_utc(value: datetime) -> datetime:
+    """A timestamp in UTC; a naive one is taken to be UTC (the scalar twin of :func:`to_utc`).
+
+    >>> instant_utc(datetime(2025, 1, 2, 3, 4)).isoformat()
+    '2025-01-02T03:04:00+00:00'
+    """
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def to_utc(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from triangles_polars.db import RetryPolicy
 from triangles_polars.errors import BadInput
-from triangles_polars.schema import BAR_COLUMNS
+from triangles_polars.schema import BAR_COLUMNS, instant_utc
 from triangles_polars.symbols import instrument_root
 
 DEFAULT_BARS_TABLE = "bars_1m"
@@ -95,8 +95,7 @@ def parse_instant(text: str | date | datetime, what: str) -> tuple[datetime, boo
                 "like 2025-11-30T23:00:00Z"
             ) from None
         is_day = False
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value, is_day
+    return instant_utc(value), is_day
 
 
 def split_table_name(name: str, what: str) -> tuple[str | None, str]:

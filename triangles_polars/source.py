@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -29,7 +29,7 @@ from triangles_polars.db import (
     with_session_options,
 )
 from triangles_polars.errors import BadInput
-from triangles_polars.schema import DETECT_SCHEMA, to_utc
+from triangles_polars.schema import DETECT_SCHEMA, instant_utc, to_utc
 from triangles_polars.settings import ReadSettings, Tables
 
 READER_NAME = "triangles_reader"
@@ -165,10 +165,7 @@ class BarSource:
         """A stored ts as the bar's open time in UTC (a naive column holds UTC)."""
         if stored is None:
             return None
-        if stored.tzinfo is None:
-            stored = stored.replace(tzinfo=UTC)
-        shift = self.read.stored_shift
-        return stored.astimezone(UTC) - shift
+        return instant_utc(stored) - self.read.stored_shift
 
     # -- reading
 

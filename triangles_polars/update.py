@@ -35,6 +35,7 @@ from triangles_polars.planning import (
     skipped_result,
     worker_count,
 )
+from triangles_polars.schema import instant_utc
 from triangles_polars.settings import (
     DEFAULT_ANCHOR_DAYS,
     BackfillSettings,
@@ -152,10 +153,6 @@ class Covered:
     end: datetime
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def bar_extents(cur: Any, settings: BackfillSettings, symbols: list[str]) -> dict[str, Extent]:
     """Every symbol's first bar and newest close, in one query (two index probes per symbol)."""
     tables, read = settings.tables, settings.read
@@ -170,7 +167,7 @@ def bar_extents(cur: Any, settings: BackfillSettings, symbols: list[str]) -> dic
     )
     shift = read.stored_shift  # the close convention stores close times
     return {
-        name: Extent(_utc(first) - shift, _utc(last) - shift + read.interval)
+        name: Extent(instant_utc(first) - shift, instant_utc(last) - shift + read.interval)
         for name, first, last in rows
         if first is not None
     }
@@ -192,7 +189,7 @@ def coverage_ends(
             ORDER BY symbol, strength, settings_key, span_end DESC""",
         (settings.tables.events, symbols),
     )
-    return {(s, int(k), key): Covered(_utc(lo), _utc(hi)) for s, k, key, lo, hi in rows}
+    return {(s, int(k), key): Covered(instant_utc(lo), instant_utc(hi)) for s, k, key, lo, hi in rows}
 
 
 def series_versions(cur: Any, settings: BackfillSettings, symbols: list[str]) -> dict[str, int]:
