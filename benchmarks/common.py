@@ -240,6 +240,18 @@ DEFAULT_YEARS = (
 )  # the suite's sizes of history (years ending 2025-12-31), compared across revisions too
 
 
+def add_years_argument(parser: argparse.ArgumentParser) -> None:
+    """``--years N ...``: the sizes of history, the suite's by default."""
+    parser.add_argument(
+        "--years",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_YEARS),
+        metavar="N",
+        help=f"sizes of history, in years ending 2025-12-31 (default: {' '.join(map(str, DEFAULT_YEARS))})",
+    )
+
+
 def add_server_arguments(parser: argparse.ArgumentParser, *, schema: str, schema_help: str) -> None:
     """``--database-url``, ``--pgdata`` and ``--schema``: the options every benchmark shares."""
     parser.add_argument(

@@ -39,7 +39,6 @@ from typing import Any
 
 from benchmarks.common import (
     DATA_DIR,
-    DEFAULT_YEARS,
     EVENT_COLUMNS,
     REPO_ROOT,
     RESULTS_DIR,
@@ -47,6 +46,7 @@ from benchmarks.common import (
     SYMBOL,
     Size,
     add_server_arguments,
+    add_years_argument,
     last_json_line,
     machine_info,
     pg_execute,
@@ -302,14 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--before", default=DEFAULT_BEFORE, help=f"older revision (default: {DEFAULT_BEFORE})"
     )
     parser.add_argument("--after", default=DEFAULT_AFTER, help=f"newer revision (default: {DEFAULT_AFTER})")
-    parser.add_argument(
-        "--years",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_YEARS),
-        metavar="N",
-        help="sizes (default: 1 4 16)",
-    )
+    add_years_argument(parser)
     parser.add_argument(
         "--days",
         type=int,

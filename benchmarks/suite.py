@@ -29,7 +29,6 @@ from benchmarks.common import (
     DAILY_ANCHOR,
     DAILY_DAY,
     DATA_DIR,
-    DEFAULT_YEARS,
     EVENT_COLUMNS,
     README,
     RESULTS_DIR,
@@ -38,6 +37,7 @@ from benchmarks.common import (
     URL_ENV,
     Size,
     add_server_arguments,
+    add_years_argument,
     last_json_line,
     machine_info,
     pg_execute,
@@ -66,14 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark triangles_polars against the field report's row-by-row script and "
         "against the COPY floor, on synthetic NQ 1-minute history.",
     )
-    parser.add_argument(
-        "--years",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_YEARS),
-        metavar="N",
-        help="sizes of history, in years ending 2025-12-31 (default: 1 4 16)",
-    )
+    add_years_argument(parser)
     parser.add_argument(
         "--quick",
         action="store_true",
